@@ -1,0 +1,47 @@
+"""The one exception family of the service; stores and executors translate into it."""
+
+from __future__ import annotations
+
+
+class BulkJobError(Exception):
+    """Root of every error the service raises on purpose."""
+
+
+class NotFound(BulkJobError):
+    """The job, stage, export, token or host does not exist (or is not the caller's)."""
+
+
+class Conflict(BulkJobError):
+    """The requested state transition is not allowed from the current state."""
+
+
+class RateLimited(BulkJobError):
+    """The user has started too many jobs in the current window."""
+
+    def __init__(self, retry_after_s: int, message: str | None = None) -> None:
+        self.retry_after_s = max(1, int(retry_after_s))
+        super().__init__(message or f"rate limit reached; retry after {self.retry_after_s} s")
+
+
+class ExportTooLarge(BulkJobError):
+    """An export grew past the configured size cap while it was written."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        super().__init__(f"export exceeds the size limit of {limit_bytes} bytes")
+
+
+class InvalidInput(BulkJobError):
+    """Input that passed the HTTP layer but not a service rule; names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class StoreUnavailable(BulkJobError):
+    """The store could not be reached or could not run the operation."""
+
+
+class JobCancelled(BulkJobError):
+    """Raised inside a running processor once its job has been cancelled."""
