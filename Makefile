@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev,containers]'
+	$(BIN)/pip install -q -e '.[dev,containers]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 install: $(STAMP)
