@@ -93,9 +93,16 @@ class Store(Protocol):
     # bulkJobs:removeExport -- True when a record was removed.
     async def remove_export(self, export_id: str) -> bool: ...
 
-    # bulkJobs:claim -- pending jobs and jobs whose lease expired, highest priority first.
+    # bulkJobs:claim -- pending jobs of `job_types` and running jobs whose lease expired,
+    # highest priority first, then oldest. Jobs driven by hand (active, never leased) and
+    # jobs of types this runner has no processors for are never claimed.
     async def claim(
-        self, owner: str, lease_s: float, limit: int = 1, job_id: str | None = None
+        self,
+        owner: str,
+        lease_s: float,
+        job_types: list[str],
+        limit: int = 1,
+        job_id: str | None = None,
     ) -> list[Job]: ...
 
     # bulkJobs:heartbeat -- renews the lease; Conflict when the lease was lost.
