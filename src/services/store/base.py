@@ -55,7 +55,9 @@ class Store(Protocol):
     ) -> None: ...
 
     # bulkJobs:startStage
-    async def start_stage(self, job_id: str, stage: str, items_total: int | None = None) -> None: ...
+    async def start_stage(
+        self, job_id: str, stage: str, items_total: int | None = None
+    ) -> None: ...
 
     # bulkJobs:updateStageProgress -- returns the job status so runners notice cancellation.
     async def update_stage_progress(
