@@ -365,3 +365,12 @@ async def test_tokens(store: Store) -> None:
     assert (token.user_id, token.is_admin, token.name) == ("alice", True, "first")
     assert await store.get_token("h2") is None
     assert await store.count_tokens() == 1
+
+
+async def test_released_unfinished_job_is_claimable_again(store: Store) -> None:
+    job_id = await store.create(new_job(), LIMIT)
+    await store.claim("w1", 30, ["demo"])
+    await store.update_status(job_id, BulkJobStatus.PROCESSING)
+    await store.release(job_id, "w1")
+    [again] = await store.claim("w2", 30, ["demo"])
+    assert again.id == job_id and again.lease_owner == "w2"

@@ -110,7 +110,8 @@ class Store(Protocol):
     # bulkJobs:heartbeat -- renews the lease; Conflict when the lease was lost.
     async def heartbeat(self, job_id: str, owner: str, lease_s: float) -> BulkJobStatus: ...
 
-    # bulkJobs:release
+    # bulkJobs:release -- gives the lease up; an unfinished job is claimable again at once
+    # (lease expiry set in the past), a finished one keeps no lease.
     async def release(self, job_id: str, owner: str) -> None: ...
 
     # bulkJobs:getJob

@@ -506,8 +506,11 @@ class LocalStore:
         await self._run(self._release, job_id, owner)
 
     def _release(self, conn: sqlite3.Connection, job_id: str, owner: str) -> None:
+        # An expiry in the past (not NULL) keeps an unfinished job claimable at once;
+        # NULL would mark it as driven by hand.
         conn.execute(
-            "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL"
+            "UPDATE jobs SET lease_owner = NULL,"
+            " lease_expires_at = CASE WHEN completed_at IS NULL THEN 0 ELSE NULL END"
             " WHERE id = ? AND lease_owner = ?",
             (job_id, owner),
         )

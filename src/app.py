@@ -1,0 +1,128 @@
+"""The FastAPI application: create_app(settings) and its lifespan.
+
+The lifespan opens the store, starts the in-process worker and the periodic export cleanup,
+and closes them again. Errors of the service become HTTP responses in one handler here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from src.config import Settings
+from src.routes import bulk_jobs, health
+from src.services.bulk_job_manager import BulkJobManager, bulk_job_manager
+from src.services.errors import (
+    BulkJobError,
+    Conflict,
+    ExportTooLarge,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    StoreUnavailable,
+)
+from src.services.job_types import job_types
+from src.services.job_types.registry import JobTypeRegistry
+from src.services.job_worker import JobWorker
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: list[tuple[type[BulkJobError], int]] = [
+    (NotFound, 404),
+    (Conflict, 409),
+    (ExportTooLarge, 413),
+    (InvalidInput, 422),
+    (RateLimited, 429),
+    (StoreUnavailable, 503),
+]
+
+
+async def handle_service_error(request: Request, exc: Exception) -> JSONResponse:
+    """Translate the service's errors into HTTP, never leaking a traceback."""
+    status = next((code for kind, code in STATUS_BY_ERROR if isinstance(exc, kind)), 500)
+    body: dict[str, object] = {"detail": str(exc), "error": type(exc).__name__}
+    headers: dict[str, str] = {}
+    if isinstance(exc, InvalidInput):
+        body["field"] = exc.field
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(exc.retry_after_s)
+        body["retry_after_s"] = exc.retry_after_s
+    if status >= 500:
+        log.error("request failed: %s", exc, exc_info=status == 500)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _periodic_cleanup(manager: BulkJobManager, interval_s: float) -> None:
+    while True:
+        try:
+            removed = await manager.cleanup_expired_exports()
+            if removed:
+                log.info("removed %d expired exports", removed)
+        except BulkJobError:
+            log.warning("export cleanup failed; retrying next round", exc_info=True)
+        await asyncio.sleep(interval_s)
+
+
+def _watch_background(task: asyncio.Task[None]) -> None:
+    """A background loop that dies takes the process's attention with it."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("background task %s died", task.get_name(), exc_info=task.exception())
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    manager: BulkJobManager = app.state.manager
+    settings = manager.settings
+    await manager.store()
+    tasks = [
+        asyncio.create_task(
+            _periodic_cleanup(manager, settings.bulkjobs_cleanup_interval_s), name="export-cleanup"
+        )
+    ]
+    worker = None
+    if settings.bulkjobs_embedded_worker:
+        worker = JobWorker(manager, app.state.registry, settings.bulkjobs_worker_concurrency)
+        tasks.append(asyncio.create_task(worker.run(), name="job-worker"))
+    app.state.worker = worker
+    for task in tasks:
+        task.add_done_callback(_watch_background)
+    try:
+        yield
+    finally:
+        if worker is not None:
+            await worker.aclose()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await manager.aclose()
+
+
+def create_app(
+    settings: Settings | None = None,
+    manager: BulkJobManager | None = None,
+    registry: JobTypeRegistry | None = None,
+) -> FastAPI:
+    """Build the app; the store is opened by the lifespan, not here."""
+    if manager is None:
+        # The usage guide's routes use the module-level manager; share it by default.
+        manager = bulk_job_manager if settings is None else BulkJobManager(settings)
+    app = FastAPI(
+        title="bulkjobs",
+        summary="Multi-stage bulk jobs with live progress, exports and container jobs",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.manager = manager
+    app.state.registry = registry or job_types
+    app.state.worker = None
+    app.add_exception_handler(BulkJobError, handle_service_error)
+    app.include_router(health.router)
+    app.include_router(bulk_jobs.router)
+    return app

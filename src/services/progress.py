@@ -1,0 +1,163 @@
+"""Coalescing progress writer: processors may report every item, the store sees a few writes.
+
+A stage's progress reaches the store at most once per interval; values reported in between
+are merged (counts kept monotonic, progress clamped to [0, 1]) and written by a timer when
+the interval ends, so the last value always lands. Completing or failing a stage discards
+what is pending, because that final write carries the final values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from src.services.domain import BulkJobStatus
+from src.services.store.base import Store
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+
+@dataclass
+class _Pending:
+    progress: float = 0.0
+    items_completed: int = 0
+    items_failed: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    dirty: bool = False
+    last_write: float = -math.inf
+    timer: asyncio.TimerHandle | None = None
+    status: BulkJobStatus = BulkJobStatus.PROCESSING
+
+
+def clamp_progress(value: float) -> float:
+    if math.isnan(value):
+        return 0.0
+    return min(1.0, max(0.0, value))
+
+
+class ProgressWriter:
+    """Per-(job, stage) coalescing of update_stage_progress calls."""
+
+    def __init__(
+        self, store: Store, interval_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._store = store
+        self._interval = interval_s
+        self._clock = clock
+        self._pending: dict[Key, _Pending] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
+        #: Store writes made, for benchmarks and metrics.
+        self.writes = 0
+
+    async def report(
+        self,
+        job_id: str,
+        stage: str,
+        progress: float,
+        items_completed: int | None = None,
+        items_failed: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> BulkJobStatus:
+        """Record a progress value; returns the job status seen at the last write."""
+        key = (job_id, stage)
+        state = self._pending.get(key)
+        if state is None:
+            state = self._pending[key] = _Pending()
+        self._merge(state, progress, items_completed, items_failed, metadata)
+        if self._clock() - state.last_write >= self._interval:
+            await self._write(key, state)
+        elif state.timer is None:
+            self._schedule(key, state)
+        return state.status
+
+    @staticmethod
+    def _merge(
+        state: _Pending,
+        progress: float,
+        items_completed: int | None,
+        items_failed: int | None,
+        metadata: dict[str, Any] | None,
+    ) -> None:
+        state.progress = clamp_progress(progress)
+        if items_completed is not None and items_completed > state.items_completed:
+            state.items_completed = items_completed
+        if items_failed is not None and items_failed > state.items_failed:
+            state.items_failed = items_failed
+        if metadata:
+            state.metadata.update(metadata)
+        state.dirty = True
+
+    async def _write(self, key: Key, state: _Pending) -> None:
+        state.dirty = False
+        state.last_write = self._clock()
+        metadata, state.metadata = state.metadata, {}
+        self.writes += 1
+        state.status = await self._store.update_stage_progress(
+            key[0],
+            key[1],
+            state.progress,
+            items_completed=state.items_completed,
+            items_failed=state.items_failed,
+            metadata=metadata or None,
+        )
+
+    def _schedule(self, key: Key, state: _Pending) -> None:
+        delay = max(0.0, state.last_write + self._interval - self._clock())
+        loop = asyncio.get_running_loop()
+        state.timer = loop.call_later(delay, self._start_flush, key)
+
+    def _start_flush(self, key: Key) -> None:
+        task = asyncio.get_running_loop().create_task(self._timed_flush(key))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _timed_flush(self, key: Key) -> None:
+        state = self._pending.get(key)
+        if state is None:
+            return
+        state.timer = None
+        try:
+            await self.flush(*key)
+        except Exception:
+            # The next report or the stage's completion carries the value again.
+            log.warning("progress flush for %s/%s failed", *key, exc_info=True)
+            state.dirty = True
+
+    async def flush(self, job_id: str, stage: str) -> None:
+        """Write the pending value of a stage now, if there is one."""
+        state = self._pending.get((job_id, stage))
+        if state is not None and state.dirty:
+            await self._write((job_id, stage), state)
+
+    def counts(self, job_id: str, stage: str) -> tuple[int, int] | None:
+        """The highest (completed, failed) counts reported so far for a stage."""
+        state = self._pending.get((job_id, stage))
+        return None if state is None else (state.items_completed, state.items_failed)
+
+    def discard(self, job_id: str, stage: str) -> None:
+        """Forget a stage's pending value; its final write supersedes it."""
+        state = self._pending.pop((job_id, stage), None)
+        if state is not None and state.timer is not None:
+            state.timer.cancel()
+
+    def discard_job(self, job_id: str) -> None:
+        for key in [key for key in self._pending if key[0] == job_id]:
+            self.discard(*key)
+
+    async def aclose(self) -> None:
+        """Flush everything pending, then stop the timers."""
+        for key in list(self._pending):
+            try:
+                await self.flush(*key)
+            except Exception:
+                log.warning("final progress flush for %s/%s failed", *key, exc_info=True)
+            self.discard(*key)
+        for task in list(self._flushes):
+            task.cancel()

@@ -1,0 +1,119 @@
+"""The public view of a job: what get_job_status returns and the HTTP API sends."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from src.services.domain import BulkJobStatus, Job, StageStatus, utcnow
+
+
+class StageReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    status: StageStatus
+    progress: float
+    items_total: int | None
+    items_completed: int
+    items_failed: int
+    started_at: datetime | None
+    completed_at: datetime | None
+    error_message: str | None
+    metadata: dict[str, Any]
+
+
+class ExportReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    export_id: str
+    format: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    created_at: datetime
+    expires_at: datetime
+    expired: bool
+
+
+class JobReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    job_type: str
+    user_id: str
+    status: BulkJobStatus
+    priority: str
+    progress: float
+    current_stage: str | None
+    items_total: int | None
+    items_completed: int
+    items_failed: int
+    stages: list[StageReport]
+    exports: list[ExportReport]
+    job_data: dict[str, Any]
+    results: dict[str, Any]
+    error_message: str | None
+    estimated_duration_minutes: float | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    #: Seconds left, extrapolated from progress so far; None until there is progress.
+    eta_seconds: float | None
+
+
+def job_report(job: Job) -> JobReport:
+    totals = [stage.items_total for stage in job.stages if stage.items_total is not None]
+    current = job.first_unfinished_stage()
+    now = utcnow()
+    return JobReport(
+        job_id=job.id,
+        job_type=job.job_type,
+        user_id=job.user_id,
+        status=job.status,
+        priority=job.priority,
+        progress=round(job.progress, 6),
+        current_stage=None if job.is_terminal or current is None else current.name,
+        items_total=sum(totals) if totals else None,
+        items_completed=sum(stage.items_completed for stage in job.stages),
+        items_failed=sum(stage.items_failed for stage in job.stages),
+        stages=[StageReport(**stage.model_dump(exclude={"index"})) for stage in job.stages],
+        exports=[
+            ExportReport(
+                export_id=export.id,
+                expired=export.expires_at <= now,
+                **export.model_dump(
+                    include={
+                        "format",
+                        "filename",
+                        "content_type",
+                        "size_bytes",
+                        "sha256",
+                        "created_at",
+                        "expires_at",
+                    }
+                ),
+            )
+            for export in job.exports
+        ],
+        job_data=job.job_data,
+        results=job.results,
+        error_message=job.error_message,
+        estimated_duration_minutes=job.estimated_duration_minutes,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        completed_at=job.completed_at,
+        eta_seconds=_eta(job),
+    )
+
+
+def _eta(job: Job) -> float | None:
+    if job.is_terminal or job.started_at is None or job.progress <= 0:
+        return None
+    elapsed = (utcnow() - job.started_at).total_seconds()
+    return round(elapsed * (1 - job.progress) / job.progress, 1)
