@@ -11,9 +11,10 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from src.config import Settings
 from src.routes import bulk_jobs, health
@@ -32,6 +33,8 @@ from src.services.job_types.registry import JobTypeRegistry
 from src.services.job_worker import JobWorker
 
 log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).parent / "web"
 
 STATUS_BY_ERROR: list[tuple[type[BulkJobError], int]] = [
     (NotFound, 404),
@@ -125,4 +128,9 @@ def create_app(
     app.add_exception_handler(BulkJobError, handle_service_error)
     app.include_router(health.router)
     app.include_router(bulk_jobs.router)
+    app.add_api_route("/", _index, include_in_schema=False)
     return app
+
+
+async def _index() -> FileResponse:
+    return FileResponse(WEB_DIR / "index.html", media_type="text/html")

@@ -33,8 +33,8 @@ jobs_app = typer.Typer(help="Inspect bulk jobs.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(jobs_app, name="jobs")
 
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def _settings() -> Settings:

@@ -199,3 +199,9 @@ async def test_background_task_runs_the_job_without_a_worker(api: Api) -> None:
     response = await api.client.post("/bulk-jobs", json=SAMPLE, headers=api.alice)
     job = await api.wait_for(response.json()["job_id"])
     assert job["status"] == "completed"
+
+
+async def test_index_page_is_served(api: Api) -> None:
+    response = await api.client.get("/?token=whatever")
+    assert response.status_code == 200
+    assert "bulkjobs" in response.text
