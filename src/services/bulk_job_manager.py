@@ -208,10 +208,11 @@ class BulkJobManager:
     ) -> None:
         """Report progress (coalesced); raises JobCancelled once the job was cancelled."""
         writer = self._progress or await self.progress_writer()
-        status = await writer.report(
-            job_id, str(stage), progress, items_completed, items_failed, metadata
-        )
-        if status == BulkJobStatus.CANCELLED:
+        name = stage if type(stage) is str else str(stage)
+        status = writer.offer(job_id, name, progress, items_completed, items_failed, metadata)
+        if status is None:
+            status = await writer.write_now(job_id, name)
+        if status is BulkJobStatus.CANCELLED:
             raise JobCancelled(f"job {job_id} was cancelled")
 
     async def complete_stage(

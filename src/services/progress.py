@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     progress: float = 0.0
     items_completed: int = 0
@@ -66,26 +66,29 @@ class ProgressWriter:
         metadata: dict[str, Any] | None = None,
     ) -> BulkJobStatus:
         """Record a progress value; returns the job status seen at the last write."""
+        status = self.offer(job_id, stage, progress, items_completed, items_failed, metadata)
+        return status if status is not None else await self.write_now(job_id, stage)
+
+    def offer(
+        self,
+        job_id: str,
+        stage: str,
+        progress: float,
+        items_completed: int | None = None,
+        items_failed: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> BulkJobStatus | None:
+        """Merge a value without awaiting: the last status seen, or None if a write is due.
+
+        This is the hot path (a processor may call it for every item), so it stays inline.
+        """
         key = (job_id, stage)
         state = self._pending.get(key)
         if state is None:
             state = self._pending[key] = _Pending()
-        self._merge(state, progress, items_completed, items_failed, metadata)
-        if self._clock() - state.last_write >= self._interval:
-            await self._write(key, state)
-        elif state.timer is None:
-            self._schedule(key, state)
-        return state.status
-
-    @staticmethod
-    def _merge(
-        state: _Pending,
-        progress: float,
-        items_completed: int | None,
-        items_failed: int | None,
-        metadata: dict[str, Any] | None,
-    ) -> None:
-        state.progress = clamp_progress(progress)
+        if progress != progress:  # NaN
+            progress = 0.0
+        state.progress = 1.0 if progress > 1.0 else (0.0 if progress < 0.0 else progress)
         if items_completed is not None and items_completed > state.items_completed:
             state.items_completed = items_completed
         if items_failed is not None and items_failed > state.items_failed:
@@ -93,6 +96,18 @@ class ProgressWriter:
         if metadata:
             state.metadata.update(metadata)
         state.dirty = True
+        if state.timer is not None:  # a flush is already due at the interval's end
+            return state.status
+        if self._clock() - state.last_write >= self._interval:
+            return None
+        self._schedule(key, state)
+        return state.status
+
+    async def write_now(self, job_id: str, stage: str) -> BulkJobStatus:
+        """Write the stage's merged value now; returns the job status."""
+        state = self._pending[(job_id, stage)]
+        await self._write((job_id, stage), state)
+        return state.status
 
     async def _write(self, key: Key, state: _Pending) -> None:
         state.dirty = False
