@@ -47,10 +47,11 @@ async def test_next_interval_writes_again() -> None:
     store, clock = RecordingStore(), FakeClock()
     writer = ProgressWriter(store, interval_s=1, clock=clock)  # type: ignore[arg-type]
     await writer.report("j", "s", 0.1, items_completed=1)
-    await writer.report("j", "s", 0.2, items_completed=2)
     clock.now = 1.5
     await writer.report("j", "s", 0.3, items_completed=3)
     assert [call["items_completed"] for call in store.calls] == [1, 3]
+    await writer.report("j", "s", 0.4, items_completed=4)  # within the interval: waits
+    assert len(store.calls) == 2
     writer.discard("j", "s")
 
 
