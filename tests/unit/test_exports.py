@@ -48,7 +48,7 @@ def test_csv_flattens_nested_records(tmp_path: Path) -> None:
     path = tmp_path / "out.csv"
     write_export("csv", iter(RECORDS), path, BIG)
     rows = list(csv.DictReader(path.read_text().splitlines()))
-    assert list(rows[0]) == ["id", "name", "ok", "meta.tags", "meta.score"]
+    assert list(rows[0]) == ["id", "name", "meta.tags", "meta.score", "ok"]
     assert rows[0]["meta.tags"] == '["x","y"]'
     assert rows[1]["name"] == "b,c"
     assert rows[1]["meta.score"] == ""
@@ -62,7 +62,7 @@ def test_csv_from_a_dataframe(tmp_path: Path) -> None:
 
 
 def test_csv_column_appearing_late_is_an_error(tmp_path: Path) -> None:
-    rows = [{"a": i} for i in range(25_000)] + [{"a": 1, "late": 2}]
+    rows = [{"a": i} for i in range(12_000)] + [{"a": 1, "late": 2}]
     with pytest.raises(InvalidInput, match="late"):
         write_export("csv", rows, tmp_path / "late.csv", BIG)
     assert list(tmp_path.iterdir()) == []
