@@ -200,7 +200,7 @@ def _flat_record(record: Any) -> dict[str, Any]:
             flat: dict[str, Any] = {}
             _flatten_into(flat, "", record)
             return flat
-    return record  # already flat: the common case costs no copy
+    return record if type(record) is dict else dict(record)  # flat already: no copy
 
 
 def _flatten_into(flat: dict[str, Any], prefix: str, record: Mapping[Any, Any]) -> None:
