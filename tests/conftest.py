@@ -19,6 +19,7 @@ def settings(tmp_path: Path) -> Settings:
         bulk_progress_interval_ms=20,
         bulkjobs_lease_seconds=5,
         bulkjobs_embedded_worker=False,
+        bulk_max_export_size_mb=1,
     )
 
 

@@ -179,6 +179,29 @@ async def list_exports(job_id: str, user: CurrentUser, manager: Manager) -> list
     return job_report(await _own_job(manager, user, job_id)).exports
 
 
+class ExportCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    export_format: Literal["json", "csv", "zip"]
+    #: JSON: any value; CSV: a list of records; ZIP: an object of member name -> content.
+    data: list[Any] | dict[str, Any]
+    filename_prefix: str = Field("export", max_length=64)
+    expires_in_hours: float | None = Field(None, gt=0, le=24 * 365)
+
+
+@router.post("/bulk-jobs/{job_id}/exports", status_code=201, response_model=ExportReport)
+async def create_export(
+    job_id: str, body: ExportCreate, user: CurrentUser, manager: Manager
+) -> ExportReport:
+    """Write an export for your job; 413 when it would exceed BULK_MAX_EXPORT_SIZE_MB."""
+    await _own_job(manager, user, job_id)
+    export_id = await manager.create_export(
+        job_id, body.export_format, body.data, body.filename_prefix, body.expires_in_hours
+    )
+    report = job_report(await _own_job(manager, user, job_id))
+    return next(export for export in report.exports if export.export_id == export_id)
+
+
 @router.get("/bulk-jobs/{job_id}/export/{export_id}", response_class=FileResponse)
 async def download_export(
     job_id: str, export_id: str, user: CurrentUser, manager: Manager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 
 import pytest
@@ -205,3 +206,41 @@ async def test_index_page_is_served(api: Api) -> None:
     response = await api.client.get("/?token=whatever")
     assert response.status_code == 200
     assert "bulkjobs" in response.text
+
+
+async def test_create_export_over_http_and_download_it(api: Api) -> None:
+    job_id = (await api.client.post("/bulk-jobs", json=SAMPLE, headers=api.alice)).json()["job_id"]
+    rows = [{"id": 1, "nested": {"x": "a"}}, {"id": 2, "nested": {"x": "b"}}]
+    body = {"export_format": "csv", "data": rows, "filename_prefix": "mine"}
+    created = await api.client.post(f"/bulk-jobs/{job_id}/exports", json=body, headers=api.alice)
+    assert created.status_code == 201, created.text
+    export = created.json()
+    assert export["filename"].startswith("mine_") and export["filename"].endswith(".csv")
+    download = await api.client.get(
+        f"/bulk-jobs/{job_id}/export/{export['export_id']}", headers=api.alice
+    )
+    assert download.text.splitlines() == ['"id","nested.x"', '1,"a"', '2,"b"']
+    stolen = await api.client.post(f"/bulk-jobs/{job_id}/exports", json=body, headers=api.bob)
+    assert stolen.status_code == 404
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "zip"])
+async def test_oversize_export_is_413_and_leaves_no_file(api: Api, fmt: str) -> None:
+    job_id = (await api.client.post("/bulk-jobs", json=SAMPLE, headers=api.alice)).json()["job_id"]
+    await api.wait_for(job_id)
+    limit = api.manager.settings.max_export_bytes
+    big = "x" * 1000
+    # Random hex for the ZIP, so that compression cannot bring it under the limit.
+    data: object = (
+        {"big.txt": secrets.token_hex(limit)}
+        if fmt == "zip"
+        else [{"i": i, "text": big} for i in range(limit // 1000 + 10)]
+    )
+    before = sorted(p.name for p in (api.manager.settings.bulk_export_path / job_id).iterdir())
+    response = await api.client.post(
+        f"/bulk-jobs/{job_id}/exports", json={"export_format": fmt, "data": data}, headers=api.alice
+    )
+    assert response.status_code == 413
+    assert "size limit" in response.json()["detail"]
+    after = sorted(p.name for p in (api.manager.settings.bulk_export_path / job_id).iterdir())
+    assert after == before
