@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -132,12 +133,65 @@ async def create_one(port: int, token: str) -> str:
     )
     body = await reader.readexactly(length)
     writer.close()
+    if b"job_id" not in body:
+        raise SystemExit(f"create failed: {body.decode()}")
     return body.split(b'"job_id":"', 1)[1].split(b'"', 1)[0].decode()
+
+
+def wrk_load(
+    port: int,
+    path: str,
+    token: str,
+    connections: int,
+    seconds: float,
+    body: bytes | None,
+    tmp: Path,
+) -> tuple[float, float, float, int]:
+    """Drive the server with wrk (one thread, so the server keeps most of the CPU)."""
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{int(seconds)}s",
+        "--latency",
+        "-H",
+        f"Authorization: Bearer {token}",
+        f"http://127.0.0.1:{port}{path}",
+    ]
+    if body is not None:
+        script = tmp / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = [[{body.decode()}]]\n"
+        )
+        command[1:1] = ["-s", str(script)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return _parse_wrk(output)
+
+
+def _parse_wrk(output: str) -> tuple[float, float, float, int]:
+    def millis(text: str) -> float:
+        for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+            if text.endswith(unit):
+                return float(text[: -len(unit)]) * scale
+        return float(text)
+
+    figures: dict[str, float] = {"errors": 0}
+    for line in output.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            figures["rps"] = float(parts[1])
+        elif len(parts) == 2 and parts[0] in ("50%", "99%"):
+            figures[parts[0]] = millis(parts[1]) / 1000
+        elif "Non-2xx" in line:
+            figures["errors"] = int(parts[-1])
+    return figures["rps"], figures["50%"], figures["99%"], int(figures["errors"])
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--python-client", action="store_true", help="do not use wrk")
     args = parser.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,11 +199,23 @@ async def main() -> None:
         try:
             wait_until_up(port)
             job_id = await create_one(port, token)
-            read = request_bytes("GET", f"/bulk-jobs/{job_id}/status", token)
+            status_path = f"/bulk-jobs/{job_id}/status"
+            read = request_bytes("GET", status_path, token)
             write = request_bytes("POST", "/bulk-jobs", token, BODY)
-            for name, raw in (("GET status", read), ("POST create", write)):
+            use_wrk = shutil.which("wrk") is not None and not args.python_client
+            print(f"load from {'wrk' if use_wrk else 'the asyncio client'} in a second process")
+            cases = (
+                ("GET status", read, status_path, None),
+                ("POST create", write, "/bulk-jobs", BODY),
+            )
+            for name, raw, path, body in cases:
                 for connections in (16, 64):
-                    rps, p50, p99, errors = await load(port, raw, connections, args.seconds)
+                    if use_wrk:
+                        rps, p50, p99, errors = wrk_load(
+                            port, path, token, connections, args.seconds, body, Path(tmp)
+                        )
+                    else:
+                        rps, p50, p99, errors = await load(port, raw, connections, args.seconds)
                     print(
                         f"{name:12} c={connections:3}: {rps:8,.0f} req/s  p50 {p50 * 1000:6.1f} ms"
                         f"  p99 {p99 * 1000:6.1f} ms  errors {errors}"

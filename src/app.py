@@ -12,12 +12,15 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 
 from src.config import Settings
 from src.routes import bulk_jobs, health
+from src.services.auth import TokenCache
 from src.services.bulk_job_manager import BulkJobManager, bulk_job_manager
 from src.services.errors import (
     BulkJobError,
@@ -125,11 +128,34 @@ def create_app(
     app.state.manager = manager
     app.state.registry = registry or job_types
     app.state.worker = None
+    app.state.token_cache = TokenCache()
     app.add_exception_handler(BulkJobError, handle_service_error)
     app.include_router(health.router)
     app.include_router(bulk_jobs.router)
     app.add_api_route("/", _index, include_in_schema=False)
+    app.openapi = lambda: security_openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def security_openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document with bearer auth declared on every route but health and docs."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A token from `bulkjobs token create`",
+            }
+        }
+        for path, operations in schema["paths"].items():
+            if path != "/healthz":
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 async def _index() -> FileResponse:

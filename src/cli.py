@@ -244,3 +244,7 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="The job id")]) -> None
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

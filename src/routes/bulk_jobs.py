@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Query
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from src.routes.deps import CurrentUser, Manager, Registry, Worker
+from src.routes.responses import model_response
 from src.services.bulk_job_manager import BulkJobManager
 from src.services.domain import ApiToken, BulkJobStage, BulkJobStatus, Job
 from src.services.errors import NotFound
@@ -141,9 +142,9 @@ async def list_bulk_jobs(
     status: BulkJobStatus | None = None,
     job_type: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-) -> list[JobReport]:
+) -> Response:
     """The caller's jobs, newest first."""
-    return await manager.get_user_jobs(user.user_id, status, job_type, limit)
+    return model_response(await manager.get_user_jobs(user.user_id, status, job_type, limit))
 
 
 async def _own_job(manager: BulkJobManager, user: ApiToken, job_id: str) -> Job:
@@ -155,14 +156,14 @@ async def _own_job(manager: BulkJobManager, user: ApiToken, job_id: str) -> Job:
 
 
 @router.get("/bulk-jobs/{job_id}", response_model=JobReport)
-async def get_bulk_job(job_id: str, user: CurrentUser, manager: Manager) -> JobReport:
-    return job_report(await _own_job(manager, user, job_id))
+async def get_bulk_job(job_id: str, user: CurrentUser, manager: Manager) -> Response:
+    return model_response(job_report(await _own_job(manager, user, job_id)))
 
 
 @router.get("/bulk-jobs/{job_id}/status", response_model=JobReport)
-async def get_job_status(job_id: str, user: CurrentUser, manager: Manager) -> JobReport:
+async def get_job_status(job_id: str, user: CurrentUser, manager: Manager) -> Response:
     """Job status and progress, as the usage guide shows."""
-    return job_report(await _own_job(manager, user, job_id))
+    return model_response(job_report(await _own_job(manager, user, job_id)))
 
 
 @router.post("/bulk-jobs/{job_id}/cancel", response_model=JobAccepted)

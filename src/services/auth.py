@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 
 from src.services.domain import ApiToken
 from src.services.store.base import Store
@@ -34,3 +35,25 @@ async def authenticate(store: Store, raw: str) -> ApiToken | None:
     if token is None or not hmac.compare_digest(digest, hash_token(raw)):
         return None
     return token
+
+
+class TokenCache:
+    """Remembers recent successful lookups for a few seconds, saving a store call a request."""
+
+    def __init__(self, ttl_s: float = 10.0, max_entries: int = 10_000) -> None:
+        self._ttl = ttl_s
+        self._max = max_entries
+        self._entries: dict[str, tuple[float, ApiToken]] = {}
+
+    async def authenticate(self, store: Store, raw: str) -> ApiToken | None:
+        digest = hash_token(raw)
+        hit = self._entries.get(digest)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        token = await authenticate(store, raw)
+        if token is not None:
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+            self._entries[digest] = (now + self._ttl, token)
+        return token

@@ -76,6 +76,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def from_epoch(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)
+
+
 def to_datetime(epoch_s: float | None) -> datetime | None:
     return None if epoch_s is None else datetime.fromtimestamp(epoch_s, UTC)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from src.services.domain import BulkJobStatus, Job, StageStatus, utcnow
+from src.services.domain import BulkJobStatus, Job, Stage, StageStatus, utcnow
 
 
 class StageReport(BaseModel):
@@ -81,7 +81,7 @@ def job_report(job: Job) -> JobReport:
         items_total=sum(totals) if totals else None,
         items_completed=sum(stage.items_completed for stage in job.stages),
         items_failed=sum(stage.items_failed for stage in job.stages),
-        stages=[StageReport(**stage.model_dump(exclude={"index"})) for stage in job.stages],
+        stages=[_stage_report(stage) for stage in job.stages],
         exports=[
             ExportReport(
                 export_id=export.id,
@@ -110,6 +110,11 @@ def job_report(job: Job) -> JobReport:
         completed_at=job.completed_at,
         eta_seconds=_eta(job),
     )
+
+
+def _stage_report(stage: Stage) -> StageReport:
+    fields = {name: getattr(stage, name) for name in StageReport.model_fields}
+    return StageReport.model_construct(**fields)
 
 
 def _eta(job: Job) -> float | None:
