@@ -55,6 +55,9 @@ class ProgressWriter:
         self._flushes: set[asyncio.Task[None]] = set()
         #: Store writes made, for benchmarks and metrics.
         self.writes = 0
+        self._last_job: str | None = None
+        self._last_stage: str | None = None
+        self._last_state: _Pending | None = None
 
     async def report(
         self,
@@ -82,10 +85,9 @@ class ProgressWriter:
 
         This is the hot path (a processor may call it for every item), so it stays inline.
         """
-        key = (job_id, stage)
-        state = self._pending.get(key)
-        if state is None:
-            state = self._pending[key] = _Pending()
+        state = self._last_state
+        if job_id is not self._last_job or stage is not self._last_stage or state is None:
+            state = self._state(job_id, stage)
         if progress != progress:  # NaN
             progress = 0.0
         state.progress = 1.0 if progress > 1.0 else (0.0 if progress < 0.0 else progress)
@@ -100,8 +102,17 @@ class ProgressWriter:
             return state.status
         if self._clock() - state.last_write >= self._interval:
             return None
-        self._schedule(key, state)
+        self._schedule((job_id, stage), state)
         return state.status
+
+    def _state(self, job_id: str, stage: str) -> _Pending:
+        """The stage's pending state, remembered as the last one used (the common repeat)."""
+        key = (job_id, stage)
+        state = self._pending.get(key)
+        if state is None:
+            state = self._pending[key] = _Pending()
+        self._last_job, self._last_stage, self._last_state = job_id, stage, state
+        return state
 
     async def write_now(self, job_id: str, stage: str) -> BulkJobStatus:
         """Write the stage's merged value now; returns the job status."""
@@ -159,6 +170,8 @@ class ProgressWriter:
     def discard(self, job_id: str, stage: str) -> None:
         """Forget a stage's pending value; its final write supersedes it."""
         state = self._pending.pop((job_id, stage), None)
+        if state is self._last_state:
+            self._last_state = None
         if state is not None and state.timer is not None:
             state.timer.cancel()
 
