@@ -3,15 +3,20 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
 
-.PHONY: run test lint typecheck pytest bench install clean
+.PHONY: run test lint convex convex-codegen-check pytest bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev,containers]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
-install: $(STAMP)
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+install: $(STAMP) $(NODE_STAMP)
 
 run: $(STAMP)
 	$(BIN)/bulkjobs serve
@@ -21,15 +26,30 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# convex/_generated is checked in; regenerating it offline must change nothing.
+convex-codegen-check: $(NODE_STAMP)
+	npx convex codegen --system-udfs --typecheck enable
+	@if [ -n "$$(git status --porcelain -- convex/_generated)" ]; then \
+		git status --short -- convex/_generated; \
+		echo "convex/_generated is stale: run 'npx convex codegen --system-udfs --typecheck enable' and commit it"; \
+		exit 1; \
+	fi
+
+convex: convex-codegen-check
+	npx tsc --noEmit -p convex
+	npx tsc --noEmit -p tests/convex-server
+	npx vitest run
+
+pytest: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest -q
 
-test: lint pytest
+test: lint convex pytest
 
-bench: $(STAMP)
+bench: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/exports.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/convex_store.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from src.config import Settings, load_settings
+from src.services.store.base import Store
+from src.services.store.convex import ConvexStore
 from src.services.store.local import LocalStore
+from tests.convex_server import ConvexTestServer, start_convex_server
+
+STORE_KINDS = ["local", "convex"]
 
 
 @pytest.fixture
@@ -27,3 +32,22 @@ def settings(tmp_path: Path) -> Settings:
 async def local_store(settings: Settings) -> AsyncIterator[LocalStore]:
     async with LocalStore(settings.bulkjobs_db_path) as store:
         yield store
+
+
+@pytest.fixture(scope="session")
+def convex_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConvexTestServer]:
+    """The test-only Convex HTTP server over the real convex/ functions, one per run."""
+    server = start_convex_server(tmp_path_factory.mktemp("convex") / "server.log")
+    yield server
+    server.stop()
+
+
+async def open_store(kind: str, path: Path, request: pytest.FixtureRequest) -> Store:
+    """A fresh, empty store of the given kind."""
+    if kind == "local":
+        store = LocalStore(path)
+        await store.open()
+        return store
+    server: ConvexTestServer = request.getfixturevalue("convex_server")
+    server.reset()
+    return ConvexStore(server.url, server.admin_key)

@@ -45,3 +45,15 @@ class StoreUnavailable(BulkJobError):
 
 class JobCancelled(BulkJobError):
     """Raised inside a running processor once its job has been cancelled."""
+
+
+class StoreAuthError(StoreUnavailable):
+    """The store refused our credentials; retrying will not help until they are fixed."""
+
+
+class StoreError(BulkJobError):
+    """A store operation failed inside the store (a bug or a limit), not for lack of access."""
+
+
+class StoreMisconfigured(StoreError):
+    """The store lacks something the service needs, such as a deployed function."""

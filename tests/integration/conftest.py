@@ -15,6 +15,8 @@ from src.app import create_app
 from src.config import Settings
 from src.services.auth import create_api_token
 from src.services.bulk_job_manager import BulkJobManager
+from src.services.store.base import Store
+from tests.conftest import STORE_KINDS, open_store
 
 
 @dataclass
@@ -57,10 +59,20 @@ def embedded_worker() -> bool:
     return True
 
 
+@pytest.fixture(params=STORE_KINDS)
+async def store(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Store]:
+    """Each test of the HTTP API and the runner runs on every store."""
+    opened = await open_store(request.param, settings.bulkjobs_db_path, request)
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
 @pytest.fixture
-async def api(settings: Settings, embedded_worker: bool) -> AsyncIterator[Api]:
+async def api(settings: Settings, embedded_worker: bool, store: Store) -> AsyncIterator[Api]:
     settings = settings.model_copy(update={"bulkjobs_embedded_worker": embedded_worker})
-    manager = BulkJobManager(settings)
+    manager = BulkJobManager(settings, store=store)
     app = create_app(settings, manager=manager)
     async with app.router.lifespan_context(app):
         store = await manager.store()

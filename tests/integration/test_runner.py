@@ -15,6 +15,7 @@ from src.services.errors import Conflict
 from src.services.job_types.registry import JobTypeRegistry
 from src.services.job_worker import JobWorker
 from src.services.runner import JobRunner, StageContext
+from src.services.store.base import Store
 
 STAGES = [
     BulkJobStage.INITIALIZATION,
@@ -25,8 +26,8 @@ STAGES = [
 
 
 @pytest.fixture
-async def manager(settings: Settings) -> AsyncIterator[BulkJobManager]:
-    manager = BulkJobManager(settings.model_copy(update={"bulkjobs_lease_seconds": 0.6}))
+async def manager(settings: Settings, store: Store) -> AsyncIterator[BulkJobManager]:
+    manager = BulkJobManager(settings.model_copy(update={"bulkjobs_lease_seconds": 0.6}), store)
     yield manager
     await manager.aclose()
 
