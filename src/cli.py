@@ -57,6 +57,9 @@ def _with_manager(fn: Callable[[BulkJobManager], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(main())
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     except BulkJobError as exc:
         err.print(f"[red]{type(exc).__name__}: {exc}[/red]")
         raise typer.Exit(1) from None

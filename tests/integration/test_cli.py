@@ -6,11 +6,13 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from src.cli import app
 from src.config import get_settings
+from tests.convex_server import ConvexTestServer
 
 runner = CliRunner()
 
@@ -73,3 +75,55 @@ def test_bad_setting_stops_with_the_variable_named(monkeypatch: pytest.MonkeyPat
     result = runner.invoke(app, ["cleanup"])
     assert result.exit_code == 2
     assert "BULK_RATE_LIMIT_MAX_JOBS" in result.output
+
+
+def test_convex_store_is_selected_by_the_environment(
+    monkeypatch: pytest.MonkeyPatch, convex_server: ConvexTestServer
+) -> None:
+    convex_server.reset()
+    monkeypatch.setenv("BULKJOBS_STORE", "convex")
+    monkeypatch.setenv("CONVEX_URL", convex_server.url)
+    monkeypatch.setenv("CONVEX_DEPLOY_KEY", convex_server.admin_key)
+    get_settings.cache_clear()
+    created = runner.invoke(app, ["token", "create", "--user", "carol"])
+    assert created.exit_code == 0, created.output
+    token_count = httpx.post(
+        f"{convex_server.url}/api/query",
+        json={"path": "apiTokens:count", "args": {}, "format": "json"},
+        headers={"Authorization": f"Convex {convex_server.admin_key}"},
+    ).json()
+    assert token_count["value"] == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "key", "message"),
+    [
+        ("http://127.0.0.1:9", "k", "CONVEX_URL=http://127.0.0.1:9"),
+        (None, None, "CONVEX_URL"),
+    ],
+)
+def test_convex_start_up_fails_clearly(
+    monkeypatch: pytest.MonkeyPatch, url: str | None, key: str | None, message: str
+) -> None:
+    monkeypatch.setenv("BULKJOBS_STORE", "convex")
+    for name, value in (("CONVEX_URL", url), ("CONVEX_DEPLOY_KEY", key)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["cleanup"])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_convex_wrong_key_is_refused(
+    monkeypatch: pytest.MonkeyPatch, convex_server: ConvexTestServer
+) -> None:
+    monkeypatch.setenv("BULKJOBS_STORE", "convex")
+    monkeypatch.setenv("CONVEX_URL", convex_server.url)
+    monkeypatch.setenv("CONVEX_DEPLOY_KEY", "wrong")
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["cleanup"])
+    assert result.exit_code == 2
+    assert "CONVEX_DEPLOY_KEY" in result.output

@@ -154,7 +154,8 @@ def _error_from(path: str, body: dict[str, Any]) -> BulkJobError:
             return RateLimited(int(data.get("retryAfterS", 1)), text)
     if MISSING_FUNCTION in message:
         return StoreMisconfigured(
-            f"Convex function {path} is not deployed (deploy convex/ with `npx convex deploy`)"
+            f"Convex function {path} is not deployed, or not visible without a valid"
+            " CONVEX_DEPLOY_KEY (deploy convex/ with `npx convex deploy`)"
         )
     return StoreError(f"Convex function {path} failed: {message}")
 
