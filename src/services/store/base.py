@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from src.services.containers.models import (
+    ContainerJob,
+    EnvironmentVariableTemplate,
+    ExecutorHost,
+)
 from src.services.domain import (
     ApiToken,
     BulkJobStatus,
@@ -150,3 +155,77 @@ class Store(Protocol):
     async def count_tokens(self) -> int: ...
 
     async def aclose(self) -> None: ...
+
+
+class ContainerStore(Protocol):
+    """Container job, executor host and template operations (Convex modules containerJobs,
+    executorHosts and envTemplates; `containerJobs:create` <-> `container_create`)."""
+
+    # containerJobs:create / createBatch -- a batch is one transaction.
+    async def container_create(self, job: ContainerJob) -> None: ...
+
+    async def container_create_batch(self, jobs: list[ContainerJob]) -> None: ...
+
+    # containerJobs:get / getMany / list (newest first, bounded)
+    async def container_get(self, job_id: str) -> ContainerJob | None: ...
+
+    async def container_get_many(self, job_ids: list[str]) -> list[ContainerJob]: ...
+
+    async def container_list(
+        self,
+        status: str | None = None,
+        host_id: str | None = None,
+        created_by: str | None = None,
+        bulk_job_id: str | None = None,
+        limit: int = 50,
+    ) -> list[ContainerJob]: ...
+
+    # containerJobs:claim -- pending jobs, and unfinished ones whose processor's lease expired.
+    async def container_claim(
+        self, owner: str, lease_s: float, limit: int
+    ) -> list[ContainerJob]: ...
+
+    # containerJobs:transition -- status change plus field updates in one transaction; host
+    # job counts follow jobs into and out of launching/running. A report id makes it
+    # idempotent: a report applied once is not applied again.
+    async def container_transition(
+        self,
+        job_id: str,
+        status: str,
+        fields: dict[str, Any] | None = None,
+        report_id: str | None = None,
+    ) -> ContainerJob: ...
+
+    # containerJobs:heartbeat / release
+    async def container_heartbeat(self, job_id: str, owner: str, lease_s: float) -> str: ...
+
+    async def container_release(self, job_id: str, owner: str) -> None: ...
+
+    # containerJobs:remove -- finished jobs only unless forced; returns the ids removed.
+    async def container_remove(self, job_ids: list[str], force: bool = False) -> list[str]: ...
+
+    # executorHosts:*
+    async def host_create(self, host: ExecutorHost) -> None: ...
+
+    async def host_update(self, host_id: str, fields: dict[str, Any]) -> ExecutorHost: ...
+
+    async def host_get(self, host_id: str) -> ExecutorHost | None: ...
+
+    async def host_get_by_name(self, name: str) -> ExecutorHost | None: ...
+
+    async def host_list(self, active_only: bool = False) -> list[ExecutorHost]: ...
+
+    async def host_record_health(self, host_id: str, healthy: bool) -> ExecutorHost: ...
+
+    # envTemplates:*
+    async def template_create(self, template: EnvironmentVariableTemplate) -> None: ...
+
+    async def template_update(
+        self, template_id: str, fields: dict[str, Any]
+    ) -> EnvironmentVariableTemplate: ...
+
+    async def template_get(self, template_id: str) -> EnvironmentVariableTemplate | None: ...
+
+    async def template_get_by_name(self, name: str) -> EnvironmentVariableTemplate | None: ...
+
+    async def template_list(self) -> list[EnvironmentVariableTemplate]: ...

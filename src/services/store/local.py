@@ -40,6 +40,11 @@ from src.services.domain import (
 )
 from src.services.errors import Conflict, NotFound, RateLimited, StoreUnavailable
 from src.services.store.base import MAX_PAGE
+from src.services.store.local_containers import (
+    CONTAINER_SCHEMA,
+    LocalContainerOps,
+    ensure_default_host,
+)
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -122,8 +127,8 @@ def _clamp(value: float) -> float:
     return min(1.0, max(0.0, value))
 
 
-class LocalStore:
-    """SQLite-backed Store. Safe to share between tasks; one instance per database file."""
+class LocalStore(LocalContainerOps):
+    """SQLite-backed Store and ContainerStore. Safe to share between tasks; one per file."""
 
     def __init__(self, path: Path | str, clock: Clock = time.time) -> None:
         self.path = Path(path)
@@ -152,7 +157,7 @@ class LocalStore:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
-        conn.executescript(SCHEMA)
+        conn.executescript(SCHEMA + CONTAINER_SCHEMA)
         with self._conns_lock:
             self._conns.append(conn)
         return conn
@@ -198,7 +203,7 @@ class LocalStore:
 
     async def open(self) -> None:
         """Create the file and schema now, so a bad path fails at start-up."""
-        await self._run(lambda conn: None)
+        await self._run(ensure_default_host)
 
     async def aclose(self) -> None:
         if self._closed:

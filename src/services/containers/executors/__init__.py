@@ -1,0 +1,1 @@
+"""Container executors: one module per backend, all behind the ContainerExecutor protocol."""
