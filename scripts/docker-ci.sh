@@ -14,7 +14,7 @@ IMAGE=bulkjobs-busybox:test
 
 need() { command -v "$1" >/dev/null 2>&1; }
 
-if ! need dockerd || [ ! -x /bin/busybox ] || ! file /bin/busybox 2>/dev/null | grep -q static; then
+if ! need dockerd || ! dpkg -s busybox-static >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static >/dev/null
 fi

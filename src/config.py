@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     #: Start the in-process worker with the server.
     bulkjobs_embedded_worker: bool = True
 
+    #: Container jobs one processor runs at once.
+    bulkjobs_container_concurrency: int = Field(4, ge=1, le=1000)
+    #: Seconds between a processor's looks at running containers and for new jobs.
+    bulkjobs_container_poll_s: float = Field(1.0, gt=0, le=60)
+    #: Where the local executor keeps each job's output files (default: the temp dir).
+    bulkjobs_local_work_dir: Path | None = None
+
     convex_url: str | None = None
     convex_deploy_key: str | None = None
 

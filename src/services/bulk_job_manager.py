@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -36,7 +36,7 @@ from src.services.exports import file_extension, write_export
 from src.services.progress import ProgressWriter
 from src.services.reports import JobReport, job_report
 from src.services.store import open_store
-from src.services.store.base import Store
+from src.services.store.base import ContainerStore, Store
 
 __all__ = [
     "BulkJobManager",
@@ -88,6 +88,10 @@ class BulkJobManager:
                 if self._store is None:
                     self._store = await open_store(self.settings)
         return self._store
+
+    async def container_store(self) -> ContainerStore:
+        """The same store, seen through its container operations (both stores have them)."""
+        return cast(ContainerStore, await self.store())
 
     async def progress_writer(self) -> ProgressWriter:
         if self._progress is None:

@@ -7,6 +7,7 @@ transaction (one Convex mutation or query).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Protocol
 
 from src.services.containers.models import (
@@ -195,6 +196,28 @@ class ContainerStore(Protocol):
         fields: dict[str, Any] | None = None,
         report_id: str | None = None,
     ) -> ContainerJob: ...
+
+    # containerJobs:transitionMany -- many status changes in one transaction. Each change is
+    # checked against the status table inside the transaction (so concurrent bulk updates on
+    # overlapping ids never apply an illegal transition); an illegal or missing one is
+    # skipped and reported. Returns (updated jobs, {job_id: error}).
+    async def container_transition_many(
+        self, job_ids: list[str], status: str, fields: dict[str, Any] | None = None
+    ) -> tuple[list[ContainerJob], dict[str, str]]: ...
+
+    # containerJobs:migrate -- moves jobs that have not started (pending, queued, retrying)
+    # to another host and executor type, in one transaction. Returns (moved ids,
+    # {job_id: error}) for the ones that had started or do not exist.
+    async def container_migrate(
+        self, job_ids: list[str], host_id: str, executor_type: str
+    ) -> tuple[list[str], dict[str, str]]: ...
+
+    # containerJobs:removeFinishedBefore -- deletes up to `limit` finished jobs created before
+    # `before`; returns how many. Callers loop until 0.
+    async def container_remove_finished_before(self, before: datetime, limit: int) -> int: ...
+
+    # containerJobs:countByStatus
+    async def container_count_by_status(self) -> dict[str, int]: ...
 
     # containerJobs:heartbeat / release
     async def container_heartbeat(self, job_id: str, owner: str, lease_s: float) -> str: ...

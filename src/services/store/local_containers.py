@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from src.services.containers.models import (
@@ -218,6 +219,22 @@ class LocalContainerOps:
             _transition, job_id, ContainerJobStatus(status), fields or {}, report_id
         )
 
+    async def container_transition_many(
+        self, job_ids: list[str], status: str, fields: dict[str, Any] | None = None
+    ) -> tuple[list[ContainerJob], dict[str, str]]:
+        return await self._run(_transition_many, job_ids, ContainerJobStatus(status), fields or {})
+
+    async def container_migrate(
+        self, job_ids: list[str], host_id: str, executor_type: str
+    ) -> tuple[list[str], dict[str, str]]:
+        return await self._run(_migrate, job_ids, host_id, executor_type)
+
+    async def container_remove_finished_before(self, before: datetime, limit: int) -> int:
+        return await self._run(_remove_finished_before, before.timestamp(), limit)
+
+    async def container_count_by_status(self) -> dict[str, int]:
+        return await self._read(_count_by_status)
+
     async def container_heartbeat(self, job_id: str, owner: str, lease_s: float) -> str:
         return await self._run(self._heartbeat_job, job_id, owner, lease_s)
 
@@ -364,6 +381,64 @@ def _count_hosts(conn: sqlite3.Connection, before: ContainerJob, after: Containe
         _move_host_count(conn, after.host_id, +1)
 
 
+def _transition_many(
+    conn: sqlite3.Connection,
+    job_ids: list[str],
+    status: ContainerJobStatus,
+    fields: dict[str, Any],
+) -> tuple[list[ContainerJob], dict[str, str]]:
+    found = {job.id: job for job in _get_many(conn, job_ids)}
+    updated: list[ContainerJob] = []
+    errors: dict[str, str] = {}
+    for job_id in dict.fromkeys(job_ids):
+        if job_id not in found:
+            errors[job_id] = "not found"
+            continue
+        try:
+            updated.append(_transition(conn, job_id, status, fields, None))
+        except Conflict as exc:
+            errors[job_id] = str(exc)
+    return updated, errors
+
+
+MOVABLE = frozenset({"pending", "queued", "retrying"})
+
+
+def _migrate(
+    conn: sqlite3.Connection, job_ids: list[str], host_id: str, executor_type: str
+) -> tuple[list[str], dict[str, str]]:
+    _load_host(conn, host_id)  # NotFound if it vanished
+    found = {job.id: job for job in _get_many(conn, job_ids)}
+    moved: list[str] = []
+    errors: dict[str, str] = {}
+    for job_id in dict.fromkeys(job_ids):
+        job = found.get(job_id)
+        if job is None:
+            errors[job_id] = "not found"
+        elif job.status.value not in MOVABLE:
+            errors[job_id] = f"cannot move a {job.status.value} job: it has started"
+        else:
+            job.host_id, job.executor_type, job.updated_at = host_id, executor_type, utcnow()  # type: ignore[assignment]
+            _save(conn, job)
+            moved.append(job_id)
+    return moved, errors
+
+
+def _remove_finished_before(conn: sqlite3.Connection, before: float, limit: int) -> int:
+    finished = ",".join(f"'{status.value}'" for status in TERMINAL_STATUSES)
+    cursor = conn.execute(
+        f"DELETE FROM container_jobs WHERE id IN (SELECT id FROM container_jobs"
+        f" WHERE status IN ({finished}) AND created_at < ? LIMIT ?)",
+        (before, max(1, limit)),
+    )
+    return cursor.rowcount
+
+
+def _count_by_status(conn: sqlite3.Connection) -> dict[str, int]:
+    rows = conn.execute("SELECT status, COUNT(*) FROM container_jobs GROUP BY status")
+    return {status: count for status, count in rows}
+
+
 def _release_job(conn: sqlite3.Connection, job_id: str, owner: str) -> None:
     job = _load(conn, job_id)
     if job.lease_owner != owner:
@@ -427,10 +502,13 @@ def _update_template(
     updated = EnvironmentVariableTemplate.model_validate(
         template.model_dump() | fields | {"updated_at": utcnow()}
     )
-    conn.execute(
-        "UPDATE env_templates SET name = ?, doc = ? WHERE id = ?",
-        (updated.name, updated.model_dump_json(), template_id),
-    )
+    try:
+        conn.execute(
+            "UPDATE env_templates SET name = ?, doc = ? WHERE id = ?",
+            (updated.name, updated.model_dump_json(), template_id),
+        )
+    except sqlite3.IntegrityError:
+        raise Conflict(f"a template named {updated.name!r} already exists") from None
     return updated
 
 

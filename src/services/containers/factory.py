@@ -1,0 +1,81 @@
+"""ExecutorFactory: one executor per host, built from the host's type and config.
+
+Executors for cloud backends import their SDKs only when first used, so a service that runs
+local jobs needs none of them; a missing SDK is a clear error naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from src.services.containers.executors.base import ContainerExecutor
+from src.services.containers.executors.errors import ExecutorConfigurationError
+from src.services.containers.models import ContainerJob, ExecutorHost
+from src.services.errors import NotFound
+from src.services.store.base import ContainerStore
+
+#: executor_type -> (module, class). Imported lazily.
+EXECUTOR_CLASSES = {
+    "local": ("src.services.containers.executors.local", "LocalExecutor"),
+    "docker": ("src.services.containers.executors.docker", "DockerExecutor"),
+    "cloudrun": ("src.services.containers.executors.cloudrun", "CloudRunExecutor"),
+    "fargate": ("src.services.containers.executors.fargate", "FargateExecutor"),
+    "scaleway": ("src.services.containers.executors.scaleway", "ScalewayExecutor"),
+    "mock": ("src.services.containers.executors.mock", "MockExecutor"),
+}
+
+
+def executor_class(executor_type: str) -> Any:
+    if executor_type not in EXECUTOR_CLASSES:
+        raise ExecutorConfigurationError(f"unknown executor type {executor_type!r}")
+    module_name, class_name = EXECUTOR_CLASSES[executor_type]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ExecutorConfigurationError(
+            f"the {executor_type} executor needs {exc.name!r}: pip install 'bulkjobs[containers]'"
+        ) from None
+    return getattr(module, class_name)
+
+
+class ExecutorFactory:
+    """Executors by host. A host whose config changed gets a fresh executor."""
+
+    def __init__(self, store: ContainerStore) -> None:
+        self.store = store
+        self._executors: dict[str, tuple[ExecutorHost, ContainerExecutor]] = {}
+
+    async def get_executor(self, job_or_host: ContainerJob | ExecutorHost) -> ContainerExecutor:
+        host = job_or_host if isinstance(job_or_host, ExecutorHost) else None
+        if host is None:
+            host = await self.host_of(job_or_host)  # type: ignore[arg-type]
+        return await self.executor_for_host(host)
+
+    async def host_of(self, job: ContainerJob) -> ExecutorHost:
+        if job.host_id is None:
+            raise NotFound(f"container job {job.id} has no host")
+        host = await self.store.host_get(job.host_id)
+        if host is None:
+            raise NotFound(f"executor host {job.host_id} of job {job.id} not found")
+        return host
+
+    async def executor_for_host(self, host: ExecutorHost) -> ContainerExecutor:
+        cached = self._executors.get(host.id)
+        if cached is not None and _same_setup(cached[0], host):
+            return cached[1]
+        if cached is not None:
+            await cached[1].aclose()
+        executor: ContainerExecutor = executor_class(host.executor_type)(host)
+        self._executors[host.id] = (host, executor)
+        return executor
+
+    async def aclose(self) -> None:
+        executors, self._executors = list(self._executors.values()), {}
+        for _, executor in executors:
+            await executor.aclose()
+
+
+def _same_setup(old: ExecutorHost, new: ExecutorHost) -> bool:
+    keys = ("executor_type", "connection_string", "tls_enabled", "tls_verify", "executor_config")
+    return all(getattr(old, key) == getattr(new, key) for key in keys)

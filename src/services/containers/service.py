@@ -1,0 +1,334 @@
+"""ContainerJobService: create, read, cancel container jobs; manage hosts and templates.
+
+Application code uses the module-level `container_jobs`, as it uses `bulk_job_manager` for
+bulk jobs; both share one store. The processor (processor.py) runs what this creates.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from src.services.bulk_job_manager import BulkJobManager, bulk_job_manager
+from src.services.containers.factory import ExecutorFactory, executor_class
+from src.services.containers.models import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    ContainerJob,
+    ContainerJobSpec,
+    ContainerJobStatus,
+    EnvironmentVariableTemplate,
+    ExecutorHost,
+    ExecutorType,
+    check_host_limits,
+    format_env_text,
+    parse_env_text,
+)
+from src.services.containers.routing import choose_host, estimate_cost, why_not
+from src.services.errors import InvalidInput, NotFound
+from src.services.store.base import ContainerStore
+from src.services.store.local_containers import new_id
+
+log = logging.getLogger(__name__)
+
+MAX_LIST = 1000
+
+
+def invalid_input(exc: ValidationError, prefix: str = "") -> InvalidInput:
+    """The first pydantic error as InvalidInput naming its field."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    return InvalidInput(f"{prefix}{where}", first["msg"])
+
+
+class ContainerJobService:
+    def __init__(self, manager: BulkJobManager | None = None) -> None:
+        self.manager = manager or bulk_job_manager
+        self._factory: ExecutorFactory | None = None
+
+    async def store(self) -> ContainerStore:
+        return await self.manager.container_store()
+
+    async def factory(self) -> ExecutorFactory:
+        if self._factory is None:
+            self._factory = ExecutorFactory(await self.store())
+        return self._factory
+
+    async def aclose(self) -> None:
+        if self._factory is not None:
+            await self._factory.aclose()
+            self._factory = None
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        image: str,
+        command: str = "",
+        name: str = "",
+        *,
+        user: str | None = None,
+        environment_template: str | EnvironmentVariableTemplate | None = None,
+        environment_vars: dict[str, str] | None = None,
+        host: str | ExecutorHost | None = None,
+        executor_type: ExecutorType | str | None = None,
+        **fields: Any,
+    ) -> ContainerJob:
+        """Validate, pick a host (routing when none is given) and store a pending job.
+
+        `fields` are the other ContainerJobSpec fields (memory_limit, cpu_limit,
+        timeout_seconds, working_directory, network_configuration, priority, max_retries,
+        preferred_executor, description, bulk_job_id, item_key). Errors name the field.
+        """
+        job = (
+            await self.prepare_jobs(
+                [{"docker_image": image, "command": command, "name": name, **fields}],
+                user=user,
+                environment_template=environment_template,
+                environment_vars=environment_vars,
+                host=host,
+                executor_type=executor_type,
+            )
+        )[0]
+        await (await self.store()).container_create(job)
+        log.info("container job created", extra={"job_id": job.id, "host_id": job.host_id})
+        return job
+
+    async def prepare_jobs(
+        self,
+        specs: list[dict[str, Any]],
+        *,
+        user: str | None = None,
+        environment_template: str | EnvironmentVariableTemplate | None = None,
+        environment_vars: dict[str, str] | None = None,
+        host: str | ExecutorHost | None = None,
+        executor_type: str | None = None,
+    ) -> list[ContainerJob]:
+        """Validated, routed jobs, not yet stored (bulk creation writes them in batches)."""
+        template = await self._template(environment_template)
+        overrides = _env_text(environment_vars)
+        hosts = await self._candidate_hosts(host, executor_type)
+        jobs = []
+        for spec_fields in specs:
+            spec = _spec(spec_fields, overrides)
+            job = _new_job(spec, user, template)
+            jobs.append(_route(job, spec, hosts, template, pinned=host is not None))
+            # Later jobs of the same batch see this one's slot as planned, not free.
+        return jobs
+
+    async def _template(
+        self, template: str | EnvironmentVariableTemplate | None
+    ) -> EnvironmentVariableTemplate | None:
+        if template is None or isinstance(template, EnvironmentVariableTemplate):
+            return template
+        store = await self.store()
+        found = await store.template_get_by_name(template) or await store.template_get(template)
+        if found is None:
+            raise InvalidInput("environment_template", f"no template named {template!r}")
+        return found
+
+    async def _candidate_hosts(
+        self, host: str | ExecutorHost | None, executor_type: str | None
+    ) -> list[ExecutorHost]:
+        store = await self.store()
+        if isinstance(host, ExecutorHost):
+            return [host]
+        if host is not None:
+            found = await store.host_get(host) or await store.host_get_by_name(host)
+            if found is None:
+                raise InvalidInput("host", f"no executor host {host!r}")
+            return [found]
+        hosts = await store.host_list(active_only=True)
+        if executor_type is not None:
+            hosts = [candidate for candidate in hosts if candidate.executor_type == executor_type]
+            if not hosts:
+                raise InvalidInput("executor_type", f"no active {executor_type} host")
+        return hosts
+
+    async def get_job(self, job_id: str, user: str | None = None) -> ContainerJob:
+        """The job; NotFound if it does not exist or `user` is given and does not own it."""
+        job = await (await self.store()).container_get(job_id)
+        if job is None or (user is not None and job.created_by != user):
+            raise NotFound(f"container job {job_id} not found")
+        return job
+
+    async def list_jobs(
+        self,
+        status: str | None = None,
+        host: str | None = None,
+        user: str | None = None,
+        bulk_job_id: str | None = None,
+        limit: int = 50,
+    ) -> list[ContainerJob]:
+        if status is not None and status not in ContainerJobStatus.__members__.values():
+            raise InvalidInput("status", f"unknown status {status!r}")
+        return await (await self.store()).container_list(
+            status=status,
+            host_id=host,
+            created_by=user,
+            bulk_job_id=bulk_job_id,
+            limit=max(1, min(limit, MAX_LIST)),
+        )
+
+    async def cancel_job(self, job_id: str, user: str | None = None, reason: str = "") -> bool:
+        """Cancel an unfinished job and stop its container; False if it had already ended."""
+        job = await self.get_job(job_id, user)
+        if job.status in TERMINAL_STATUSES:
+            return False
+        store = await self.store()
+        message = reason or "cancelled by request"
+        cancelled = await store.container_transition(
+            job.id, ContainerJobStatus.CANCELLED, {"status_message": message}
+        )
+        if job.status in ACTIVE_STATUSES and job.get_execution_identifier():
+            await self.stop_container(cancelled)
+        return True
+
+    async def stop_container(self, job: ContainerJob) -> bool:
+        """Stop and remove a job's container; failures are logged, not raised."""
+        try:
+            executor = await (await self.factory()).get_executor(job)
+            return await executor.cleanup(job.get_execution_identifier())
+        except Exception:
+            log.warning("could not stop the container of job %s", job.id, exc_info=True)
+            return False
+
+    async def get_logs(self, job_id: str, user: str | None = None) -> dict[str, str]:
+        """stdout/stderr: stored for a finished job, read live from a running one."""
+        job = await self.get_job(job_id, user)
+        if job.status in ACTIVE_STATUSES and job.get_execution_identifier():
+            executor = await (await self.factory()).get_executor(job)
+            stdout, stderr = await executor.get_logs(job.get_execution_identifier())
+        else:
+            stdout, stderr = job.stdout_log, job.stderr_log
+        return {"stdout": stdout, "stderr": stderr, "status": job.status.value}
+
+    # -- hosts -----------------------------------------------------------------------------
+
+    async def create_host(self, **fields: Any) -> ExecutorHost:
+        try:
+            host = ExecutorHost.model_validate({"id": new_id(), **fields})
+        except ValidationError as exc:
+            raise invalid_input(exc) from None
+        executor_class(host.executor_type)  # a missing SDK is an error now, not at launch
+        await (await self.store()).host_create(host)
+        return host
+
+    async def update_host(self, host_id: str, **fields: Any) -> ExecutorHost:
+        store = await self.store()
+        host = await store.host_get(host_id)
+        if host is None:
+            raise NotFound(f"executor host {host_id} not found")
+        try:
+            ExecutorHost.model_validate(host.model_dump() | fields)
+        except ValidationError as exc:
+            raise invalid_input(exc) from None
+        return await store.host_update(host_id, fields)
+
+    async def check_host_health(self, host_id: str) -> dict[str, Any]:
+        """Ask the host's executor; record the outcome (3 failures in a row: unavailable)."""
+        store = await self.store()
+        host = await store.host_get(host_id)
+        if host is None:
+            raise NotFound(f"executor host {host_id} not found")
+        try:
+            executor = await (await self.factory()).executor_for_host(host)
+            health = await executor.get_health_status()
+        except Exception as exc:
+            health = {"healthy": False, "error": str(exc), "response_time": None}
+        updated = await store.host_record_health(host_id, bool(health.get("healthy")))
+        return health | {"health_check_failures": updated.health_check_failures}
+
+    # -- templates -------------------------------------------------------------------------
+
+    async def create_template(self, **fields: Any) -> EnvironmentVariableTemplate:
+        try:
+            template = EnvironmentVariableTemplate.model_validate({"id": new_id(), **fields})
+        except ValidationError as exc:
+            raise invalid_input(exc) from None
+        template.get_environment_variables_dict()  # a malformed line names its number
+        await (await self.store()).template_create(template)
+        return template
+
+    async def update_template(self, template_id: str, **fields: Any) -> EnvironmentVariableTemplate:
+        if "environment_variables_text" in fields:
+            parse_env_text(fields["environment_variables_text"])
+        try:
+            return await (await self.store()).template_update(template_id, fields)
+        except ValidationError as exc:
+            raise invalid_input(exc) from None
+
+
+def _env_text(environment_vars: dict[str, str] | None) -> str:
+    if not environment_vars:
+        return ""
+    text = format_env_text({str(key): str(value) for key, value in environment_vars.items()})
+    parse_env_text(text, "environment_vars")  # keys must be valid names
+    if any("\n" in str(value) for value in environment_vars.values()):
+        raise InvalidInput("environment_vars", "values may not contain newlines")
+    return text
+
+
+def _spec(fields: dict[str, Any], overrides: str) -> ContainerJobSpec:
+    values = dict(fields)
+    if overrides:
+        values["override_environment"] = (values.get("override_environment") or "") + overrides
+    try:
+        spec = ContainerJobSpec.model_validate(values)
+    except ValidationError as exc:
+        raise invalid_input(exc) from None
+    if not spec.docker_image.strip():
+        raise InvalidInput("docker_image", "an image is required")
+    parse_env_text(spec.override_environment, "override_environment")
+    return spec
+
+
+def _new_job(
+    spec: ContainerJobSpec, user: str | None, template: EnvironmentVariableTemplate | None
+) -> ContainerJob:
+    return ContainerJob.model_validate(
+        spec.model_dump()
+        | {
+            "id": new_id(),
+            "created_by": user,
+            "environment_template_id": template.id if template else None,
+        }
+    )
+
+
+def _route(
+    job: ContainerJob,
+    spec: ContainerJobSpec,
+    hosts: list[ExecutorHost],
+    template: EnvironmentVariableTemplate | None,
+    pinned: bool,
+) -> ContainerJob:
+    if pinned:
+        host = hosts[0]
+        check_host_limits(spec, host)
+        problem = why_not(job, host, template)
+        # A full host still takes queued work; anything else is a real refusal.
+        if problem is not None and not problem.startswith("full"):
+            raise InvalidInput("host", f"host {host.name} cannot run this job: {problem}")
+        reason, cost = f"{host.name}: chosen by the caller", estimate_cost(job, host)
+    else:
+        decision = choose_host(job, _not_full(hosts), template)
+        host, reason, cost = decision.host, decision.reason, decision.estimated_cost
+    job.host_id, job.executor_type = host.id, host.executor_type
+    job.routing_reason, job.estimated_cost = reason, cost
+    return job
+
+
+def _not_full(hosts: list[ExecutorHost]) -> list[ExecutorHost]:
+    """Routing ranks hosts by their slots, but a pending job only needs a slot when it
+    launches; when every host is busy, queue on the best one rather than refuse."""
+    if any(host.current_job_count < host.max_concurrent_jobs for host in hosts):
+        return hosts
+    return [host.model_copy(update={"current_job_count": 0}) for host in hosts]
+
+
+#: The process-wide service. Creating it opens nothing: the store opens on first use,
+#: shared with `bulk_job_manager`.
+container_jobs = ContainerJobService()

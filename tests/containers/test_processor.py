@@ -1,0 +1,197 @@
+"""ContainerJobService + ContainerProcessor on the embedded store, local and mock executors."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+
+from src.config import Settings
+from src.services.bulk_job_manager import BulkJobManager
+from src.services.containers.models import ContainerJob
+from src.services.containers.processor import ContainerProcessor
+from src.services.containers.service import ContainerJobService
+from src.services.errors import InvalidInput
+from src.services.store.local import LocalStore
+
+
+@pytest.fixture
+async def service(
+    settings: Settings, local_store: LocalStore
+) -> AsyncIterator[ContainerJobService]:
+    service = ContainerJobService(BulkJobManager(settings, local_store))
+    yield service
+    await service.aclose()
+
+
+def processor(service: ContainerJobService, **options: float) -> ContainerProcessor:
+    values = {"poll_interval_s": 0.05, "retry_backoff_s": 0.01} | options
+    return ContainerProcessor(service, **values)  # type: ignore[arg-type]
+
+
+async def run_all(service: ContainerJobService, *jobs: ContainerJob) -> list[ContainerJob]:
+    await asyncio.wait_for(processor(service).run(once=True), 60)
+    return [await service.get_job(job.id) for job in jobs]
+
+
+async def test_local_job_runs_to_completion(service: ContainerJobService) -> None:
+    job = await service.create_job(
+        "local",
+        'echo "{\\"n\\": $N}"; echo warn >&2',
+        executor_type="local",
+        environment_vars={"N": "7"},
+        user="alice",
+    )
+    assert job.host_id == "local" and job.routing_reason
+    (done,) = await run_all(service, job)
+    assert done.status == "completed" and done.exit_code == 0
+    assert done.parsed_output == {"n": 7}
+    assert done.stderr_log == "warn\n"
+    assert done.started_at and done.completed_at and done.duration is not None
+    assert done.lease_owner is None
+
+
+async def test_failure_and_timeout_are_recorded(service: ContainerJobService) -> None:
+    failing = await service.create_job("local", "exit 3", executor_type="local")
+    slow = await service.create_job("local", "sleep 30", executor_type="local", timeout_seconds=1)
+    failed, timed_out = await run_all(service, failing, slow)
+    assert (failed.status, failed.exit_code) == ("failed", 3)
+    assert timed_out.status == "timeout"
+
+
+async def test_transient_launch_errors_are_retried_then_fail(
+    service: ContainerJobService,
+) -> None:
+    host = await service.create_host(name="mock", executor_type="mock")
+    job = await service.create_job("img", "fail-launch", host=host.id, max_retries=2)
+    (done,) = await run_all(service, job)
+    assert done.status == "failed"
+    assert done.retry_count == 2
+    assert "launch failed" in done.status_message
+    store = await service.store()
+    assert (await store.host_get(host.id)).current_job_count == 0  # type: ignore[union-attr]
+
+
+async def test_host_counts_return_to_zero(service: ContainerJobService) -> None:
+    jobs = [
+        await service.create_job("local", f"exit {i % 2}", executor_type="local") for i in range(6)
+    ]
+    done = await run_all(service, *jobs)
+    assert sorted(job.status for job in done) == ["completed"] * 3 + ["failed"] * 3
+    host = await (await service.store()).host_get("local")
+    assert host is not None and host.current_job_count == 0
+
+
+async def test_cancel_stops_a_running_container(service: ContainerJobService) -> None:
+    job = await service.create_job("local", "sleep 30", executor_type="local")
+    worker = processor(service, lease_s=0.3)
+    task = asyncio.create_task(worker.run())
+    for _ in range(200):
+        if (await service.get_job(job.id)).status == "running":
+            break
+        await asyncio.sleep(0.02)
+    assert await service.cancel_job(job.id)
+    await asyncio.sleep(0.3)
+    done = await service.get_job(job.id)
+    await worker.aclose()
+    task.cancel()
+    assert done.status == "cancelled"
+    assert not await service.cancel_job(job.id)  # already over
+    host = await (await service.store()).host_get("local")
+    assert host is not None and host.current_job_count == 0
+
+
+async def test_restarted_processor_resumes_a_running_job(service: ContainerJobService) -> None:
+    job = await service.create_job("local", "sleep 0.5; echo finished", executor_type="local")
+    first = processor(service)
+    await first.tick()
+    for _ in range(200):
+        if (await service.get_job(job.id)).status == "running":
+            break
+        await asyncio.sleep(0.02)
+    await first.aclose()  # hands the lease back; the process keeps running
+    second = processor(service)
+    (done,) = await asyncio.wait_for(run_all_with(second, service, job), 30)
+    assert done.status == "completed"
+    assert done.stdout_log == "finished\n"
+
+
+async def run_all_with(
+    worker: ContainerProcessor, service: ContainerJobService, job: ContainerJob
+) -> list[ContainerJob]:
+    await worker.run(once=True)
+    return [await service.get_job(job.id)]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [
+        ({"image": ""}, "docker_image"),
+        ({"image": "x", "cpu_limit": 64}, "cpu_limit"),
+        ({"image": "x", "cpu_limit": 0.01}, "cpu_limit"),
+        ({"image": "x", "memory_limit": 0}, "memory_limit"),
+        ({"image": "x", "timeout_seconds": -1}, "timeout_seconds"),
+        ({"image": "x", "environment_template": "nope"}, "environment_template"),
+        ({"image": "x", "environment_vars": {"1BAD": "v"}}, "environment_vars"),
+        ({"image": "x", "host": "no-such-host"}, "host"),
+        ({"image": "x", "executor_type": "fargate"}, "executor_type"),
+    ],
+)
+async def test_create_job_errors_name_the_field(
+    service: ContainerJobService, arguments: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        await service.create_job(**arguments)  # type: ignore[arg-type]
+    assert raised.value.field == field
+
+
+async def test_limits_must_fit_the_host(service: ContainerJobService) -> None:
+    host = await service.create_host(
+        name="small", executor_type="mock", executor_config={"max_memory_mb": 256, "max_cpu": 1}
+    )
+    with pytest.raises(InvalidInput) as raised:
+        await service.create_job("img", host=host.id, memory_limit=512)
+    assert raised.value.field == "memory_limit"
+    with pytest.raises(InvalidInput) as raised:
+        await service.create_job("img", host=host.id, cpu_limit=2)
+    assert raised.value.field == "cpu_limit"
+
+
+async def test_template_variables_reach_the_job_with_overrides_on_top(
+    service: ContainerJobService,
+) -> None:
+    await service.create_template(
+        name="base", environment_variables_text="# defaults\nA=1\nB=x=y\n"
+    )
+    job = await service.create_job(
+        "local",
+        'echo "$A $B $C"',
+        executor_type="local",
+        environment_template="base",
+        environment_vars={"A": "2", "C": "3"},
+    )
+    (done,) = await run_all(service, job)
+    assert done.stdout_log == "2 x=y 3\n"
+
+
+async def test_local_logs_are_read_live_and_after(service: ContainerJobService) -> None:
+    job = await service.create_job(
+        "local",
+        f"{sys.executable} -c \"print('hi', flush=True)\"; sleep 30",
+        executor_type="local",
+        timeout_seconds=60,
+    )
+    worker = processor(service)
+    task = asyncio.create_task(worker.run())
+    logs: dict[str, str] = {}
+    for _ in range(300):
+        logs = await service.get_logs(job.id)
+        if logs["stdout"]:
+            break
+        await asyncio.sleep(0.02)
+    assert logs == {"stdout": "hi\n", "stderr": "", "status": "running"}
+    await service.cancel_job(job.id)
+    await worker.aclose()
+    task.cancel()
