@@ -3,6 +3,7 @@
 import { defineSchema, defineTable } from "convex/server";
 import { v } from "convex/values";
 import { jobStatus, priority, stageStatus, exportFormat } from "./validators";
+import { containerStatus, hostFields, jobFields, templateFields } from "./model/containers";
 
 export default defineSchema({
   // Writes: bulkJobs mutations. Reads: bulkJobs queries (service), live job views.
@@ -78,4 +79,40 @@ export default defineSchema({
     name: v.string(),
     createdAt: v.number(),
   }).index("by_tokenHash", ["tokenHash"]),
+
+  // Writes: containerJobs mutations (the service's container manager and workers). Reads:
+  // containerJobs queries. Logs live in the document, so each stays under 1 MiB only while
+  // the service truncates them.
+  containerJobs: defineTable({
+    jobId: v.string(),
+    status: containerStatus,
+    // -priority, so that an ascending index scan claims the highest priority first.
+    negPriority: v.number(),
+    ...jobFields,
+  })
+    .index("by_jobId", ["jobId"])
+    .index("by_status_and_negPriority_and_createdAt", ["status", "negPriority", "createdAt"])
+    .index("by_status_and_createdAt", ["status", "createdAt"])
+    .index("by_createdAt", ["createdAt"])
+    .index("by_bulkJobId_and_createdAt", ["bulkJobId", "createdAt"])
+    .index("by_hostId_and_createdAt", ["hostId", "createdAt"])
+    .index("by_createdBy_and_createdAt", ["createdBy", "createdAt"])
+    .index("by_leaseExpiresAt", ["leaseExpiresAt"]),
+
+  // Writes: executorHosts mutations, and containerJobs transitions (currentJobCount).
+  // Reads: executorHosts queries (routing, admin views).
+  executorHosts: defineTable({ hostId: v.string(), ...hostFields })
+    .index("by_hostId", ["hostId"])
+    .index("by_name", ["name"]),
+
+  // Writes: envTemplates mutations. Reads: envTemplates queries (job launch, admin views).
+  envTemplates: defineTable({ templateId: v.string(), ...templateFields })
+    .index("by_templateId", ["templateId"])
+    .index("by_name", ["name"]),
+
+  // Writes and reads: containerJobs.transition, so that a retried report applies once.
+  containerReports: defineTable({ reportId: v.string(), appliedAt: v.number() }).index(
+    "by_reportId",
+    ["reportId"],
+  ),
 });

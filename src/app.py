@@ -22,6 +22,8 @@ from src.config import Settings
 from src.routes import bulk_jobs, health
 from src.services.auth import TokenCache
 from src.services.bulk_job_manager import BulkJobManager, bulk_job_manager
+from src.services.containers.processor import container_processor
+from src.services.containers.service import ContainerJobService
 from src.services.errors import (
     BulkJobError,
     Conflict,
@@ -91,10 +93,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             _periodic_cleanup(manager, settings.bulkjobs_cleanup_interval_s), name="export-cleanup"
         )
     ]
-    worker = None
+    worker, processor = None, None
     if settings.bulkjobs_embedded_worker:
         worker = JobWorker(manager, app.state.registry, settings.bulkjobs_worker_concurrency)
+        processor = container_processor(app.state.containers, settings)
         tasks.append(asyncio.create_task(worker.run(), name="job-worker"))
+        tasks.append(asyncio.create_task(processor.run(), name="container-processor"))
     app.state.worker = worker
     for task in tasks:
         task.add_done_callback(_watch_background)
@@ -103,6 +107,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if worker is not None:
             await worker.aclose()
+        if processor is not None:
+            await processor.aclose()
+        await app.state.containers.aclose()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -128,6 +135,7 @@ def create_app(
     app.state.manager = manager
     app.state.registry = registry or job_types
     app.state.worker = None
+    app.state.containers = ContainerJobService(manager)
     app.state.token_cache = TokenCache()
     app.add_exception_handler(BulkJobError, handle_service_error)
     app.include_router(health.router)

@@ -50,4 +50,6 @@ async def open_store(kind: str, path: Path, request: pytest.FixtureRequest) -> S
         return store
     server: ConvexTestServer = request.getfixturevalue("convex_server")
     server.reset()
-    return ConvexStore(server.url, server.admin_key)
+    convex = ConvexStore(server.url, server.admin_key)
+    await convex.open()  # as open_convex_store does: checks it and adds the default host
+    return convex

@@ -15,6 +15,11 @@ import type {
 } from "convex/server";
 import type * as apiTokens from "../apiTokens.js";
 import type * as bulkJobs from "../bulkJobs.js";
+import type * as containerJobs from "../containerJobs.js";
+import type * as envTemplates from "../envTemplates.js";
+import type * as executorHosts from "../executorHosts.js";
+import type * as model_containerJobs from "../model/containerJobs.js";
+import type * as model_containers from "../model/containers.js";
 import type * as model_jobs from "../model/jobs.js";
 import type * as validators from "../validators.js";
 
@@ -29,6 +34,11 @@ import type * as validators from "../validators.js";
 declare const fullApi: ApiFromModules<{
   apiTokens: typeof apiTokens;
   bulkJobs: typeof bulkJobs;
+  containerJobs: typeof containerJobs;
+  envTemplates: typeof envTemplates;
+  executorHosts: typeof executorHosts;
+  "model/containerJobs": typeof model_containerJobs;
+  "model/containers": typeof model_containers;
   "model/jobs": typeof model_jobs;
   validators: typeof validators;
 }>;

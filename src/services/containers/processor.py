@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from src.config import Settings
 from src.services.containers.executors.base import ContainerExecutor, HarvestResult
 from src.services.containers.executors.errors import ExecutorError
 from src.services.containers.models import ContainerJob, ContainerJobStatus
@@ -318,3 +319,15 @@ class ContainerProcessor:
 def _deadline(job: ContainerJob) -> float:
     started = (job.started_at or utcnow()).timestamp()
     return started + job.timeout_seconds + TIMEOUT_GRACE_S
+
+
+def container_processor(
+    service: ContainerJobService, settings: Settings, **options: Any
+) -> ContainerProcessor:
+    """A processor configured from the settings (options override them)."""
+    values: dict[str, Any] = {
+        "concurrency": settings.bulkjobs_container_concurrency,
+        "poll_interval_s": settings.bulkjobs_container_poll_s,
+        "lease_s": settings.bulkjobs_lease_seconds,
+    }
+    return ContainerProcessor(service, **(values | options))

@@ -1,15 +1,15 @@
-"""Job types: the registry and the built-in types (`http_fetch`, `sample`)."""
+"""Job types: the registry and the built-in types (`http_fetch`, `sample`, `container_batch`)."""
 
 from __future__ import annotations
 
-from src.services.job_types import http_fetch, sample
+from src.services.job_types import container_batch, http_fetch, sample
 from src.services.job_types.registry import JobType, JobTypeRegistry
 
 
 def default_registry() -> JobTypeRegistry:
     """A registry holding the built-in job types."""
     registry = JobTypeRegistry()
-    for module in (http_fetch, sample):
+    for module in (http_fetch, sample, container_batch):
         registry.register(
             module.NAME,
             module.STAGES,

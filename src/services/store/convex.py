@@ -44,6 +44,7 @@ from src.services.errors import (
     StoreUnavailable,
 )
 from src.services.store.base import MAX_PAGE
+from src.services.store.convex_containers import ConvexContainerOps
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,8 @@ def _error_from(path: str, body: dict[str, Any]) -> BulkJobError:
     return StoreError(f"Convex function {path} failed: {message}")
 
 
-class ConvexStore:
-    """Store over a Convex deployment's HTTP API."""
+class ConvexStore(ConvexContainerOps):
+    """Store and ContainerStore over a Convex deployment's HTTP API."""
 
     def __init__(
         self,
@@ -238,6 +239,11 @@ class ConvexStore:
     async def check(self) -> None:
         """Fail fast when the deployment is unreachable, refuses the key or lacks functions."""
         await self._call("query", "apiTokens:count", {})
+
+    async def open(self) -> None:
+        """Check the deployment, then make sure it has the default `local` executor host."""
+        await self.check()
+        await self.ensure_default_host()
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -470,7 +476,7 @@ async def open_convex_store(settings: Settings) -> ConvexStore:
         raise ConfigError("BULKJOBS_STORE=convex needs CONVEX_URL")
     store = ConvexStore(settings.convex_url, settings.convex_deploy_key, retries=2)
     try:
-        await store.check()
+        await store.open()
     except BulkJobError as exc:
         await store.aclose()
         raise ConfigError(f"CONVEX_URL={settings.convex_url}: {exc}") from exc

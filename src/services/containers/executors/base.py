@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from src.services.containers.models import ContainerJob
+from src.services.containers.models import SECRET_KEYS, ContainerJob
 
 State = Literal["running", "exited", "failed", "not-found"]
 FinalStatus = Literal["completed", "failed", "timeout"]
 
-#: Largest stdout/stderr kept per job; the rest is cut with a marker.
-MAX_LOG_BYTES = 1024 * 1024
+#: Largest stdout/stderr kept per job; the rest is cut with a marker. Both logs live in the
+#: job document, which Convex caps at 1 MiB.
+MAX_LOG_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,27 @@ def final_status(exit_code: int | None, reason: str = "") -> FinalStatus:
     if reason == "timeout":
         return "timeout"
     return "completed" if exit_code == 0 else "failed"
+
+
+def secret_values(config: Any) -> list[str]:
+    """Every string under a secret-looking key of an executor config, longest first."""
+    found: list[str] = []
+
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, secret or bool(SECRET_KEYS.search(str(key))))
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, secret)
+        elif secret and isinstance(value, str) and len(value) >= 4:
+            found.append(value)
+
+    walk(config, False)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text

@@ -1,0 +1,113 @@
+// executorHosts: the hosts container jobs run on, their capacity counters and health. All
+// internal: only the service reads and writes them.
+import { v } from "convex/values";
+import type { Doc } from "./_generated/dataModel";
+import { internalMutation, internalQuery, MutationCtx, QueryCtx } from "./_generated/server";
+import { fail } from "./model/jobs";
+import {
+  HostView,
+  MAX_LIST,
+  checkNameFree,
+  hostDoc,
+  hostFields,
+  hostPatch,
+  hostView,
+  toHostView,
+  unsetFields,
+  withUnset,
+} from "./model/containers";
+
+// models.py decides health from healthCheckFailures (3 or more: unhealthy); this keeps the count.
+const newHost = v.object({ hostId: v.string(), ...hostFields });
+
+async function mustGet(ctx: QueryCtx, hostId: string): Promise<Doc<"executorHosts">> {
+  return (await hostDoc(ctx, hostId)) ?? fail("NOT_FOUND", `executor host ${hostId} not found`);
+}
+
+async function insertHost(ctx: MutationCtx, host: HostView) {
+  if (await hostDoc(ctx, host.hostId)) fail("CONFLICT", `executor host ${host.hostId} exists`);
+  await checkNameFree(ctx, "executorHosts", host.name);
+  await ctx.db.insert("executorHosts", host);
+}
+
+async function patchHost(ctx: MutationCtx, host: Doc<"executorHosts">, changes: object) {
+  await ctx.db.patch(host._id, changes);
+  return toHostView((await ctx.db.get(host._id))!);
+}
+
+export const create = internalMutation({
+  args: { host: newHost },
+  returns: v.null(),
+  handler: async (ctx, { host }) => {
+    await insertHost(ctx, host);
+    return null;
+  },
+});
+
+export const update = internalMutation({
+  args: { hostId: v.string(), fields: hostPatch, unset: unsetFields },
+  returns: hostView,
+  handler: async (ctx, { hostId, fields, unset }) => {
+    const host = await mustGet(ctx, hostId);
+    if (fields.name !== undefined) await checkNameFree(ctx, "executorHosts", fields.name, host._id);
+    const changes = { ...withUnset(fields, unset, hostFields), updatedAt: Date.now() };
+    return patchHost(ctx, host, changes);
+  },
+});
+
+export const get = internalQuery({
+  args: { hostId: v.string() },
+  returns: v.union(hostView, v.null()),
+  handler: async (ctx, { hostId }) => {
+    const host = await hostDoc(ctx, hostId);
+    return host ? toHostView(host) : null;
+  },
+});
+
+export const getByName = internalQuery({
+  args: { name: v.string() },
+  returns: v.union(hostView, v.null()),
+  handler: async (ctx, { name }) => {
+    const host = await ctx.db
+      .query("executorHosts")
+      .withIndex("by_name", (q) => q.eq("name", name))
+      .first();
+    return host ? toHostView(host) : null;
+  },
+});
+
+// By name, at most MAX_LIST hosts.
+export const list = internalQuery({
+  args: { activeOnly: v.boolean() },
+  returns: v.array(hostView),
+  handler: async (ctx, { activeOnly }) => {
+    const hosts = await ctx.db.query("executorHosts").withIndex("by_name").take(MAX_LIST);
+    return hosts.filter((host) => host.isActive || !activeOnly).map(toHostView);
+  },
+});
+
+// A passed check resets the failure count; a failed one adds to it.
+export const recordHealth = internalMutation({
+  args: { hostId: v.string(), healthy: v.boolean() },
+  returns: hostView,
+  handler: async (ctx, { hostId, healthy }) => {
+    const host = await mustGet(ctx, hostId);
+    const changes = healthy
+      ? { healthCheckFailures: 0, lastHealthCheck: Date.now() }
+      : { healthCheckFailures: host.healthCheckFailures + 1 };
+    return patchHost(ctx, host, changes);
+  },
+});
+
+// Inserts `host` (the service's default `local` host) when no host exists yet, so that local
+// container jobs need no set-up. The service passes the document so its defaults live in
+// one place (models.py). Returns whether it was inserted.
+export const ensureDefault = internalMutation({
+  args: { host: newHost },
+  returns: v.boolean(),
+  handler: async (ctx, { host }) => {
+    if (await ctx.db.query("executorHosts").first()) return false;
+    await ctx.db.insert("executorHosts", host);
+    return true;
+  },
+});

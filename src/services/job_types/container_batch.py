@@ -1,0 +1,283 @@
+"""Built-in job type `container_batch`: one container job per item, results exported.
+
+job_data: {"image": "...", "command": "process {item}", "items": [...], "executor_type":
+"local", "concurrency": 4, "export_format": "csv", ...limits}. Each item reaches its
+container as $ITEM (JSON for objects and lists) and $ITEM_INDEX, and in the command where it
+says {item} (shell-quoted) or {index}. The processing stage keeps at most `concurrency`
+container jobs unfinished, counts completed and failed items into its progress, and collects
+each item's exit code, duration and output (parsed as JSON when it is JSON). The export
+writes those rows as CSV, JSON, or a ZIP that also holds every item's logs.
+
+Container job ids are derived from the bulk job id and the item index, so a stage resumed
+after a worker died finds the jobs it already started instead of starting them twice.
+Cancelling the bulk job cancels its unfinished container jobs and stops their containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from src.services.containers.models import ContainerJob, ExecutorType
+from src.services.containers.service import ContainerJobService
+from src.services.domain import BulkJobStage, BulkJobStatus
+from src.services.errors import InvalidInput
+from src.services.runner import StageContext
+
+log = logging.getLogger(__name__)
+
+NAME = "container_batch"
+STAGES = [
+    BulkJobStage.INITIALIZATION,
+    BulkJobStage.CONTENT_PROCESSING,
+    BulkJobStage.EXPORT_GENERATION,
+]
+MAX_ITEMS = 10_000
+#: Largest slice of ids read from the store at once.
+READ_CHUNK = 500
+POLL_S = (0.05, 1.0)
+
+
+class ContainerBatchData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(min_length=1, max_length=500)
+    #: Shell command; {item} becomes the shell-quoted item, {index} its position.
+    command: str = Field(min_length=1, max_length=10_000)
+    items: list[Any] = Field(min_length=1, max_length=MAX_ITEMS)
+    executor_type: ExecutorType | None = None
+    #: A host id or name; routing picks one when absent.
+    host: str | None = Field(None, max_length=100)
+    concurrency: int = Field(4, ge=1, le=100)
+    memory_limit: int | None = Field(None, gt=0, le=1_048_576)
+    cpu_limit: float | None = Field(None, ge=0.1, le=32)
+    timeout_seconds: int = Field(600, gt=0, le=24 * 3600)
+    max_retries: int = Field(0, ge=0, le=10)
+    environment: dict[str, str] = Field(default_factory=dict, max_length=100)
+    export_format: Literal["csv", "json", "zip"] = "csv"
+
+
+def validate(job_data: dict[str, Any]) -> dict[str, Any]:
+    try:
+        data = ContainerBatchData.model_validate(job_data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise InvalidInput(f"job_data.{where}", first["msg"]) from None
+    if not data.image.strip():
+        raise InvalidInput("job_data.image", "an image is required")
+    for index, item in enumerate(data.items):
+        if "\n" in item_text(item):  # it travels as one KEY=value line
+            raise InvalidInput(f"job_data.items.{index}", "may not contain a line break")
+    return data.model_dump(exclude_none=True)
+
+
+def item_text(item: Any) -> str:
+    return item if isinstance(item, str) else orjson.dumps(item).decode()
+
+
+def render_command(template: str, item: Any, index: int) -> str:
+    # str.replace, not str.format: shell commands are full of braces.
+    return template.replace("{item}", shlex.quote(item_text(item))).replace("{index}", str(index))
+
+
+def container_job_id(bulk_job_id: str, index: int) -> str:
+    return f"{bulk_job_id}-{index:05d}"
+
+
+async def initialize(ctx: StageContext) -> None:
+    """Check that a host can take the jobs before any is created."""
+    data = ContainerBatchData.model_validate(ctx.job_data)
+    await ctx.start(1)
+    await _prepare(ContainerJobService(ctx.manager), ctx.job_id, data, [0], ctx.job.user_id)
+    await ctx.report(1, total=1)
+
+
+async def run_items(ctx: StageContext) -> list[dict[str, Any]]:
+    data = ContainerBatchData.model_validate(ctx.job_data)
+    service = ContainerJobService(ctx.manager)
+    batch = _Batch(ctx, service, data)
+    try:
+        await batch.run()
+    except asyncio.CancelledError:
+        await asyncio.shield(batch.cancel_if_job_cancelled())
+        raise
+    return batch.rows()
+
+
+async def export(ctx: StageContext) -> dict[str, str]:
+    data = ContainerBatchData.model_validate(ctx.job_data)
+    rows: list[dict[str, Any]] = ctx.output(BulkJobStage.CONTENT_PROCESSING) or []
+    await ctx.start(1)
+    payload: Any = rows
+    if data.export_format == "zip":
+        payload = await _zip_members(ContainerJobService(ctx.manager), rows)
+    export_id = await ctx.manager.create_export(
+        ctx.job_id, data.export_format, payload, filename_prefix=NAME
+    )
+    await ctx.report(1, total=1)
+    return {"export_id": export_id}
+
+
+PROCESSORS = {
+    BulkJobStage.INITIALIZATION: initialize,
+    BulkJobStage.CONTENT_PROCESSING: run_items,
+    BulkJobStage.EXPORT_GENERATION: export,
+}
+
+
+class _Batch:
+    """The processing stage: keeps `concurrency` container jobs in flight until all end."""
+
+    def __init__(self, ctx: StageContext, service: ContainerJobService, data: ContainerBatchData):
+        self.ctx, self.service, self.data = ctx, service, data
+        self.total = len(data.items)
+        self.ids = [container_job_id(ctx.job_id, index) for index in range(self.total)]
+        self.finished: dict[int, ContainerJob] = {}
+        self.in_flight: dict[int, ContainerJob] = {}
+
+    async def run(self) -> None:
+        await self.ctx.start(self.total)
+        await self._adopt_existing()
+        next_index = 0
+        delay = POLL_S[0]
+        while len(self.finished) < self.total:
+            started = await self._fill(next_index)
+            next_index += started
+            changed = await self._poll()
+            await self._report()
+            delay = POLL_S[0] if changed or started else min(delay * 2, POLL_S[1])
+            if len(self.finished) < self.total:
+                await asyncio.sleep(delay)
+
+    async def _adopt_existing(self) -> None:
+        """A resumed stage: jobs created by an earlier attempt are watched, not recreated."""
+        store = await self.service.store()
+        position = {job_id: index for index, job_id in enumerate(self.ids)}
+        for start in range(0, self.total, READ_CHUNK):
+            for job in await store.container_get_many(self.ids[start : start + READ_CHUNK]):
+                index = position[job.id]
+                target = self.finished if job.is_terminal_status else self.in_flight
+                target[index] = job
+
+    async def _fill(self, next_index: int) -> int:
+        """Create jobs for free slots, skipping indexes adopted earlier; returns the advance."""
+        free = self.data.concurrency - len(self.in_flight)
+        indexes: list[int] = []
+        position = next_index
+        while len(indexes) < free and position < self.total:
+            if position not in self.finished and position not in self.in_flight:
+                indexes.append(position)
+            position += 1
+        if not indexes:
+            return position - next_index if free > 0 else 0
+        jobs = await _prepare(
+            self.service, self.ctx.job_id, self.data, indexes, self.ctx.job.user_id
+        )
+        await (await self.service.store()).container_create_batch(jobs)
+        for index, job in zip(indexes, jobs, strict=True):
+            self.in_flight[index] = job
+        return position - next_index
+
+    async def _poll(self) -> bool:
+        if not self.in_flight:
+            return False
+        store = await self.service.store()
+        current = await store.container_get_many([job.id for job in self.in_flight.values()])
+        changed = False
+        by_id = {job.id: index for index, job in self.in_flight.items()}
+        for job in current:
+            if job.is_terminal_status:
+                index = by_id[job.id]
+                del self.in_flight[index]
+                self.finished[index] = job
+                changed = True
+        return changed
+
+    async def _report(self) -> None:
+        completed = sum(1 for job in self.finished.values() if job.status == "completed")
+        await self.ctx.report(completed, len(self.finished) - completed, self.total)
+
+    async def cancel_if_job_cancelled(self) -> None:
+        """On cancellation of the bulk job (not a worker shutting down), stop every
+        container job still in flight."""
+        job = await self.ctx.manager.get_job(self.ctx.job_id)
+        if job is None or job.status != BulkJobStatus.CANCELLED:
+            return
+        for container_job in self.in_flight.values():
+            with contextlib.suppress(Exception):
+                await self.service.cancel_job(container_job.id, reason="bulk job cancelled")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            _row(index, self.data.items[index], self.finished[index]) for index in range(self.total)
+        ]
+
+
+async def _prepare(
+    service: ContainerJobService,
+    bulk_job_id: str,
+    data: ContainerBatchData,
+    indexes: list[int],
+    user: str,
+) -> list[ContainerJob]:
+    specs = [
+        {
+            "docker_image": data.image,
+            "command": render_command(data.command, data.items[index], index),
+            "name": f"{NAME} {bulk_job_id[:8]} #{index}",
+            "memory_limit": data.memory_limit,
+            "cpu_limit": data.cpu_limit,
+            "timeout_seconds": data.timeout_seconds,
+            "max_retries": data.max_retries,
+            "bulk_job_id": bulk_job_id,
+            "item_key": str(index),
+            "override_environment": "".join(
+                f"{key}={value}\n"
+                for key, value in (
+                    data.environment
+                    | {"ITEM": item_text(data.items[index]), "ITEM_INDEX": str(index)}
+                ).items()
+            ),
+        }
+        for index in indexes
+    ]
+    jobs = await service.prepare_jobs(
+        specs, user=user, host=data.host, executor_type=data.executor_type
+    )
+    for index, job in zip(indexes, jobs, strict=True):
+        job.id = container_job_id(bulk_job_id, index)
+    return jobs
+
+
+def _row(index: int, item: Any, job: ContainerJob) -> dict[str, Any]:
+    output = job.parsed_output
+    duration = job.duration
+    return {
+        "index": index,
+        "item": item_text(item),
+        "status": job.status.value,
+        "exit_code": job.exit_code,
+        "duration_s": round(duration.total_seconds(), 3) if duration is not None else None,
+        "output": output if output is not None else job.clean_output[:10_000],
+        "error": job.status_message or (job.stderr_log.strip()[-500:] if job.exit_code else ""),
+        "container_job_id": job.id,
+    }
+
+
+async def _zip_members(service: ContainerJobService, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    members: dict[str, Any] = {"results.json": rows}
+    store = await service.store()
+    ids = [row["container_job_id"] for row in rows]
+    for start in range(0, len(ids), READ_CHUNK):
+        for job in await store.container_get_many(ids[start : start + READ_CHUNK]):
+            item = job.item_key or job.id
+            members[f"logs/{item}.stdout.txt"] = job.stdout_log
+            members[f"logs/{item}.stderr.txt"] = job.stderr_log
+    return members

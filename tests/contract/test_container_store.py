@@ -1,0 +1,362 @@
+"""Contract suite for the container half of the store: LocalStore and ConvexStore alike."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from src.services.containers.models import (
+    ContainerJob,
+    EnvironmentVariableTemplate,
+    ExecutorHost,
+)
+from src.services.domain import utcnow
+from src.services.errors import Conflict, NotFound
+from src.services.store.base import ContainerStore, Store
+
+
+@pytest.fixture
+async def cstore(store: Store) -> AsyncIterator[Any]:
+    """The contract `store` (opened the way the service opens it: default host included),
+    seen through its container operations."""
+    yield store
+
+
+def job(**fields: Any) -> ContainerJob:
+    values: dict[str, Any] = {"id": uuid.uuid4().hex, "docker_image": "busybox", "host_id": "h1"}
+    return ContainerJob.model_validate(values | fields)
+
+
+def host(host_id: str = "h1", **fields: Any) -> ExecutorHost:
+    values: dict[str, Any] = {"id": host_id, "name": f"host-{host_id}", "executor_type": "mock"}
+    return ExecutorHost.model_validate(values | fields)
+
+
+async def with_host(store: ContainerStore, *jobs: ContainerJob) -> list[str]:
+    await store.host_create(host())
+    await store.container_create_batch(list(jobs))
+    return [j.id for j in jobs]
+
+
+async def count(store: ContainerStore, host_id: str = "h1") -> int:
+    found = await store.host_get(host_id)
+    assert found is not None
+    return found.current_job_count
+
+
+# -- create and read -------------------------------------------------------------------------
+
+
+async def test_create_and_get_round_trip(cstore: ContainerStore) -> None:
+    created = job(
+        name="n",
+        memory_limit=256,
+        cpu_limit=0.5,
+        network_configuration=[{"network_name": "net"}],
+        executor_metadata={"a": {"b": [1, 2]}},
+        created_by="alice",
+        priority=5,
+        bulk_job_id="bj",
+        item_key="k1",
+    )
+    await cstore.container_create(created)
+    found = await cstore.container_get(created.id)
+    assert found is not None
+    assert found.model_dump() == created.model_dump()
+    assert await cstore.container_get("missing") is None
+
+
+async def test_duplicate_create_is_a_conflict(cstore: ContainerStore) -> None:
+    first = job()
+    await cstore.container_create(first)
+    with pytest.raises(Conflict):
+        await cstore.container_create(job(id=first.id))
+
+
+async def test_batch_is_atomic(cstore: ContainerStore) -> None:
+    a, b = job(), job()
+    with pytest.raises(Conflict):
+        await cstore.container_create_batch([a, b, job(id=a.id)])
+    assert await cstore.container_get_many([a.id, b.id]) == []
+    await cstore.container_create_batch([a, b])
+    existing = job(id=b.id)
+    with pytest.raises(Conflict):
+        await cstore.container_create_batch([job(), existing])
+    assert len(await cstore.container_list(limit=10)) == 2
+
+
+async def test_get_many_keeps_order_and_skips_missing(cstore: ContainerStore) -> None:
+    a, b, c = job(), job(), job()
+    await cstore.container_create_batch([a, b, c])
+    found = await cstore.container_get_many([c.id, "nope", a.id])
+    assert [j.id for j in found] == [c.id, a.id]
+
+
+async def test_list_newest_first_with_filters(cstore: ContainerStore) -> None:
+    now = utcnow()
+    jobs = [
+        job(created_at=now - timedelta(seconds=3), created_by="alice", bulk_job_id="bj"),
+        job(created_at=now - timedelta(seconds=2), created_by="bob", host_id="h2"),
+        job(created_at=now - timedelta(seconds=1), created_by="alice"),
+    ]
+    await cstore.container_create_batch(jobs)
+    await cstore.container_transition(jobs[0].id, "cancelled")
+    ids = [j.id for j in jobs]
+    assert [j.id for j in await cstore.container_list()] == ids[::-1]
+    assert [j.id for j in await cstore.container_list(limit=2)] == [ids[2], ids[1]]
+    assert [j.id for j in await cstore.container_list(created_by="alice")] == [ids[2], ids[0]]
+    assert [j.id for j in await cstore.container_list(host_id="h2")] == [ids[1]]
+    assert [j.id for j in await cstore.container_list(bulk_job_id="bj")] == [ids[0]]
+    assert [j.id for j in await cstore.container_list(status="cancelled")] == [ids[0]]
+    assert await cstore.container_list(status="pending", created_by="nobody") == []
+
+
+# -- claim and leases ------------------------------------------------------------------------
+
+
+async def test_claim_orders_by_priority_then_age(cstore: ContainerStore) -> None:
+    now = utcnow()
+    low = job(priority=-5, created_at=now - timedelta(seconds=9))
+    old = job(created_at=now - timedelta(seconds=5))
+    new = job(created_at=now - timedelta(seconds=1))
+    high = job(priority=10, created_at=now)
+    await cstore.container_create_batch([low, old, new, high])
+    claimed = await cstore.container_claim("p1", 30, 3)
+    assert [j.id for j in claimed] == [high.id, old.id, new.id]
+    assert all(j.lease_owner == "p1" and j.lease_expires_at is not None for j in claimed)
+    assert [j.id for j in await cstore.container_claim("p2", 30, 10)] == [low.id]
+    assert await cstore.container_claim("p3", 30, 10) == []
+
+
+async def test_expired_lease_is_reclaimable(cstore: ContainerStore) -> None:
+    [job_id] = await with_host(cstore, job())
+    await cstore.container_claim("dead", 0.3, 1)
+    await cstore.container_transition(job_id, "queued")
+    assert await cstore.container_claim("alive", 30, 1) == []
+    await asyncio.sleep(0.5)
+    [again] = await cstore.container_claim("alive", 30, 1)
+    assert (again.id, again.lease_owner, again.status) == (job_id, "alive", "queued")
+    with pytest.raises(Conflict):
+        await cstore.container_heartbeat(job_id, "dead", 30)
+
+
+async def test_heartbeat_release_and_terminal(cstore: ContainerStore) -> None:
+    [job_id] = await with_host(cstore, job())
+    await cstore.container_claim("p1", 30, 1)
+    assert await cstore.container_heartbeat(job_id, "p1", 30) == "pending"
+    await cstore.container_release(job_id, "other")
+    kept = await cstore.container_get(job_id)
+    assert kept is not None and kept.lease_owner == "p1"
+    await cstore.container_release(job_id, "p1")
+    [again] = await cstore.container_claim("p2", 30, 1)
+    assert again.id == job_id
+    await cstore.container_transition(job_id, "cancelled")
+    assert await cstore.container_heartbeat(job_id, "someone", 30) == "cancelled"
+    with pytest.raises(NotFound):
+        await cstore.container_heartbeat("missing", "p1", 30)
+
+
+# -- transitions -----------------------------------------------------------------------------
+
+
+async def test_transition_legal_and_illegal(cstore: ContainerStore) -> None:
+    [job_id] = await with_host(cstore, job())
+    await cstore.container_claim("p1", 30, 1)
+    await cstore.container_transition(job_id, "queued")
+    await cstore.container_transition(job_id, "launching")
+    started = utcnow()
+    running = await cstore.container_transition(
+        job_id, "running", {"started_at": started, "execution_id": "c1"}
+    )
+    assert running.status == "running" and running.execution_id == "c1"
+    assert running.started_at is not None
+    assert abs((running.started_at - started).total_seconds()) < 0.01
+    done = await cstore.container_transition(
+        job_id, "completed", {"exit_code": 0, "stdout_log": "ok\n"}
+    )
+    assert done.completed_at is not None and done.exit_code == 0
+    assert done.lease_owner is None and done.lease_expires_at is None
+    with pytest.raises(Conflict):
+        await cstore.container_transition(job_id, "running")
+    with pytest.raises(NotFound):
+        await cstore.container_transition("missing", "queued")
+
+
+async def test_transition_clears_a_field_set_to_none(cstore: ContainerStore) -> None:
+    [job_id] = await with_host(cstore, job(exit_code=3, memory_limit=64))
+    updated = await cstore.container_transition(job_id, "pending", {"exit_code": None})
+    assert updated.exit_code is None and updated.memory_limit == 64
+
+
+async def test_report_id_makes_a_transition_idempotent(cstore: ContainerStore) -> None:
+    [job_id] = await with_host(cstore, job())
+    await cstore.container_transition(job_id, "launching", report_id="r1")
+    await cstore.container_transition(job_id, "running", report_id="r2")
+    again = await cstore.container_transition(job_id, "launching", report_id="r1")
+    assert again.status == "running"
+    assert await count(cstore) == 1
+
+
+async def test_host_counts_follow_active_jobs(cstore: ContainerStore) -> None:
+    a, b = await with_host(cstore, job(), job())
+    await cstore.host_create(host("h2"))
+    await cstore.container_transition(a, "launching")
+    assert await count(cstore) == 1
+    await cstore.container_transition(a, "running")
+    assert await count(cstore) == 1
+    await cstore.container_transition(b, "launching")
+    assert await count(cstore) == 2
+    await cstore.container_transition(b, "running", {"host_id": "h2"})
+    assert (await count(cstore), await count(cstore, "h2")) == (1, 1)
+    await cstore.container_transition(a, "completed")
+    await cstore.container_transition(b, "failed")
+    assert (await count(cstore), await count(cstore, "h2")) == (0, 0)
+
+
+async def test_launch_retry_frees_the_slot(cstore: ContainerStore) -> None:
+    [job_id] = await with_host(cstore, job())
+    await cstore.container_transition(job_id, "launching")
+    retried = await cstore.container_transition(job_id, "retrying", {"retry_count": 1})
+    assert retried.retry_count == 1
+    assert await count(cstore) == 0
+
+
+async def test_transition_many_mixed(cstore: ContainerStore) -> None:
+    pending, done = await with_host(cstore, job(), job())
+    await cstore.container_transition(done, "failed")
+    updated, errors = await cstore.container_transition_many(
+        [pending, done, "missing", pending], "cancelled", {"status_message": "bulk"}
+    )
+    assert [(j.id, j.status, j.status_message) for j in updated] == [(pending, "cancelled", "bulk")]
+    assert set(errors) == {done, "missing"}
+    assert errors["missing"] == "not found"
+    unchanged = await cstore.container_get(done)
+    assert unchanged is not None and unchanged.status == "failed"
+    assert unchanged.status_message == ""
+
+
+async def test_migrate_only_unstarted_jobs(cstore: ContainerStore) -> None:
+    waiting, active = await with_host(cstore, job(), job())
+    await cstore.host_create(host("h2", executor_type="docker"))
+    await cstore.container_transition(active, "launching")
+    moved, errors = await cstore.container_migrate([waiting, active, "missing"], "h2", "docker")
+    assert moved == [waiting]
+    assert set(errors) == {active, "missing"}
+    found = await cstore.container_get(waiting)
+    assert found is not None and (found.host_id, found.executor_type) == ("h2", "docker")
+    with pytest.raises(NotFound):
+        await cstore.container_migrate([waiting], "no-host", "docker")
+
+
+# -- removal and counts ----------------------------------------------------------------------
+
+
+async def test_remove_with_and_without_force(cstore: ContainerStore) -> None:
+    done, active = await with_host(cstore, job(), job())
+    await cstore.container_transition(done, "cancelled")
+    await cstore.container_transition(active, "launching")
+    assert await cstore.container_remove([done, active, "missing"]) == [done]
+    assert await cstore.container_get(done) is None
+    assert await count(cstore) == 1
+    assert await cstore.container_remove([active], force=True) == [active]
+    assert await count(cstore) == 0
+
+
+async def test_remove_finished_before(cstore: ContainerStore) -> None:
+    now = utcnow()
+    old = [job(created_at=now - timedelta(days=2)) for _ in range(3)]
+    recent, unfinished = job(), job(created_at=now - timedelta(days=2))
+    await cstore.container_create_batch([*old, recent, unfinished])
+    for finished in [*old, recent]:
+        await cstore.container_transition(finished.id, "failed")
+    cutoff = now - timedelta(days=1)
+    assert await cstore.container_remove_finished_before(cutoff, 2) == 2
+    assert await cstore.container_remove_finished_before(cutoff, 2) == 1
+    assert await cstore.container_remove_finished_before(cutoff, 2) == 0
+    left = await cstore.container_get_many([recent.id, unfinished.id])
+    assert [j.id for j in left] == [recent.id, unfinished.id]
+
+
+async def test_count_by_status(cstore: ContainerStore) -> None:
+    assert await cstore.container_count_by_status() == {}
+    a, _, _ = await with_host(cstore, job(), job(), job())
+    await cstore.container_transition(a, "queued")
+    assert await cstore.container_count_by_status() == {"pending": 2, "queued": 1}
+
+
+# -- hosts -----------------------------------------------------------------------------------
+
+
+async def test_default_local_host_on_a_fresh_store(cstore: ContainerStore) -> None:
+    [local] = await cstore.host_list()
+    assert (local.id, local.name, local.executor_type) == ("local", "local", "local")
+    assert local.max_concurrent_jobs == 4 and local.is_active
+    await cstore.open()  # type: ignore[attr-defined]  # opening again adds nothing
+    assert len(await cstore.host_list()) == 1
+
+
+async def test_host_create_update_and_duplicates(cstore: ContainerStore) -> None:
+    created = host(executor_config={"region": "eu", "api_key": "s"}, cost_per_hour=1.5)
+    await cstore.host_create(created)
+    found = await cstore.host_get("h1")
+    assert found is not None and found.model_dump() == created.model_dump()
+    with pytest.raises(Conflict):
+        await cstore.host_create(host("h9", name=created.name))
+    with pytest.raises(Conflict):
+        await cstore.host_create(host("h1", name="other"))
+    updated = await cstore.host_update(
+        "h1", {"weight": 7, "is_active": False, "cost_per_hour": None}
+    )
+    assert (updated.weight, updated.is_active, updated.cost_per_hour) == (7, False, None)
+    with pytest.raises(Conflict):
+        await cstore.host_update("h1", {"name": "local"})
+    with pytest.raises(NotFound):
+        await cstore.host_update("nope", {"weight": 1})
+    by_name = await cstore.host_get_by_name(created.name)
+    assert by_name is not None and by_name.id == "h1"
+    assert await cstore.host_get_by_name("nope") is None
+    assert [h.id for h in await cstore.host_list()] == ["h1", "local"]
+    assert [h.id for h in await cstore.host_list(active_only=True)] == ["local"]
+
+
+async def test_host_health(cstore: ContainerStore) -> None:
+    await cstore.host_create(host())
+    for _ in range(2):
+        await cstore.host_record_health("h1", False)
+    checked = await cstore.host_record_health("h1", False)
+    assert checked.health_check_failures == 3 and not checked.is_healthy()
+    healthy = await cstore.host_record_health("h1", True)
+    assert healthy.health_check_failures == 0 and healthy.is_healthy()
+    assert healthy.last_health_check is not None
+    with pytest.raises(NotFound):
+        await cstore.host_record_health("nope", True)
+
+
+# -- templates -------------------------------------------------------------------------------
+
+
+async def test_templates(cstore: ContainerStore) -> None:
+    template = EnvironmentVariableTemplate(
+        id="t1", name="base", environment_variables_text="A=1\n", supported_executors=["docker"]
+    )
+    await cstore.template_create(template)
+    found = await cstore.template_get("t1")
+    assert found is not None and found.model_dump() == template.model_dump()
+    with pytest.raises(Conflict):
+        await cstore.template_create(template.model_copy(update={"id": "t2"}))
+    await cstore.template_create(EnvironmentVariableTemplate(id="t0", name="a-first"))
+    updated = await cstore.template_update("t1", {"environment_variables_text": "B=2\n"})
+    assert updated.get_environment_variables_dict() == {"B": "2"}
+    by_name = await cstore.template_get_by_name("base")
+    assert by_name is not None and by_name.environment_variables_text == "B=2\n"
+    assert await cstore.template_get_by_name("nope") is None
+    assert [t.name for t in await cstore.template_list()] == ["a-first", "base"]
+    with pytest.raises(Conflict):
+        await cstore.template_update("t1", {"name": "a-first"})
+    with pytest.raises(NotFound):
+        await cstore.template_update("nope", {"name": "x"})
