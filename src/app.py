@@ -19,9 +19,10 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 
 from src.config import Settings
-from src.routes import bulk_jobs, health
+from src.routes import bulk_jobs, containers, health
 from src.services.auth import TokenCache
 from src.services.bulk_job_manager import BulkJobManager, bulk_job_manager
+from src.services.containers.executors.errors import ExecutorError
 from src.services.containers.processor import container_processor
 from src.services.containers.service import ContainerJobService
 from src.services.errors import (
@@ -30,6 +31,7 @@ from src.services.errors import (
     ExportTooLarge,
     InvalidInput,
     NotFound,
+    PermissionDenied,
     RateLimited,
     StoreUnavailable,
 )
@@ -43,11 +45,14 @@ WEB_DIR = Path(__file__).parent / "web"
 
 STATUS_BY_ERROR: list[tuple[type[BulkJobError], int]] = [
     (NotFound, 404),
+    (PermissionDenied, 403),
     (Conflict, 409),
     (ExportTooLarge, 413),
     (InvalidInput, 422),
     (RateLimited, 429),
     (StoreUnavailable, 503),
+    # An executor backend refused or could not be reached: the gateway's fault, not ours.
+    (ExecutorError, 502),
 ]
 
 
@@ -140,6 +145,8 @@ def create_app(
     app.add_exception_handler(BulkJobError, handle_service_error)
     app.include_router(health.router)
     app.include_router(bulk_jobs.router)
+    app.include_router(containers.router)
+    app.include_router(containers.admin_router)
     app.add_api_route("/", _index, include_in_schema=False)
     app.openapi = lambda: security_openapi(app)  # type: ignore[method-assign]
     return app

@@ -1,4 +1,5 @@
-"""The `bulkjobs` command line: serve, worker, run, cleanup, token and jobs."""
+"""The `bulkjobs` command line: serve, worker, run, cleanup, token, jobs and the container
+commands (process_container_jobs, cleanup_containers, create_sample_data, containers)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from rich.table import Table
 from src.config import ConfigError, Settings, get_settings
 from src.services.auth import create_api_token
 from src.services.bulk_job_manager import BulkJobManager
+from src.services.containers.processor import container_processor
+from src.services.containers.service import ContainerJobService
 from src.services.errors import BulkJobError
 from src.services.job_types import job_types
-from src.services.job_worker import JobWorker, worker_id
 from src.services.reports import JobReport
 
 T = TypeVar("T")
@@ -97,24 +99,181 @@ def serve(
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
-@app.command()
+worker_app = typer.Typer(
+    help="Run bulk jobs, container jobs and work items from the shared store.",
+    invoke_without_command=True,
+)
+app.add_typer(worker_app, name="worker")
+
+
+@worker_app.callback()
 def worker(
-    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once")] = 4,
+    ctx: typer.Context,
+    operations: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--operations",
+            help="Operations to claim (repeatable; default: all registered, including"
+            " bulk_job and container_job)",
+        ),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Items run at once")] = 4,
+    batch_size: Annotated[int, typer.Option(min=1, max=200, help="Items per claim")] = 100,
     burst: Annotated[bool, typer.Option(help="Exit once no work is left")] = False,
     poll_interval: Annotated[float, typer.Option(min=0.01, help="Seconds between polls")] = 1.0,
+    lease: Annotated[
+        float | None, typer.Option(min=0.1, help="Lease seconds (default BULKJOBS_LEASE_SECONDS)")
+    ] = None,
+    grace: Annotated[
+        float, typer.Option(min=0, help="Seconds running items get to finish on SIGTERM")
+    ] = 30.0,
+    name: Annotated[
+        str | None, typer.Option(help="Stable worker name: names its outbox (default: host)")
+    ] = None,
+    outbox: Annotated[Path | None, typer.Option(help="Outbox file (default: by name)")] = None,
+    imports: Annotated[
+        list[str] | None,
+        typer.Option("--import", help="Module registering application operations (repeatable)"),
+    ] = None,
 ) -> None:
-    """Run bulk jobs from the shared store until stopped (or, with --burst, until idle)."""
+    """Run bulk jobs, container jobs and registered work items from the shared store until
+    SIGTERM (or, with --burst, until idle). SIGTERM stops claiming, lets running items
+    finish within --grace seconds and hands the rest back."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import importlib
+
+    from src.services.worker.service import WorkerOptions, default_name, run_worker
+
+    logging.basicConfig(level=logging.INFO)
+    for module in imports or []:
+        importlib.import_module(module)
+
+    async def run(manager: BulkJobManager) -> dict[str, int]:
+        options = WorkerOptions(
+            name=name or default_name(),
+            operations=operations or None,
+            concurrency=concurrency,
+            batch_size=batch_size,
+            burst=burst,
+            lease_s=lease or manager.settings.bulkjobs_lease_seconds,
+            poll_interval_s=poll_interval,
+            grace_s=grace,
+            outbox=outbox,
+        )
+        return (await run_worker(manager, options)).as_dict()
+
+    stats = _with_manager(run)
+    out.print(json.dumps(stats, sort_keys=True))
+
+
+@worker_app.command("status")
+def worker_status(
+    name: Annotated[str | None, typer.Option(help="Worker name (default: host)")] = None,
+    outbox: Annotated[Path | None, typer.Option(help="Outbox file (default: by name)")] = None,
+) -> None:
+    """Show this worker's outbox depth, the work-item leases its processes hold and the
+    work-item counts by status."""
+    from src.services.worker.service import worker_status as read_status
+
+    status = _with_manager(lambda manager: read_status(manager, name, outbox))
+    corrupt = f", {status.corrupt} corrupt lines" if status.corrupt else ""
+    out.print(f"worker {status.name}: outbox {status.outbox}")
+    out.print(f"  {status.depth} reports waiting{corrupt}")
+    counts = ", ".join(f"{key} {value}" for key, value in status.counts.items())
+    out.print(f"work items: {counts or 'none'}")
+    table = Table("item", "operation", "owner", "attempts", "lease expires in")
+    for item in status.leases:
+        expires = f"{(item.lease_expires_at or 0) - status.now:.1f}s"
+        table.add_row(item.id, item.operation, item.lease_owner or "", str(item.attempts), expires)
+    out.print(table)
+
+
+@app.command("process_container_jobs")
+def process_container_jobs(
+    once: Annotated[bool, typer.Option(help="Exit once no container job is left")] = False,
+    poll_interval: Annotated[
+        float, typer.Option(min=0.01, help="Seconds between looks for work")
+    ] = 1.0,
+    max_concurrent: Annotated[int, typer.Option(min=1, help="Container jobs run at once")] = 4,
+) -> None:
+    """Claim pending container jobs and carry them through launch, monitoring and harvest."""
     logging.basicConfig(level=logging.INFO)
 
-    async def run(manager: BulkJobManager) -> None:
-        job_worker = JobWorker(manager, job_types, concurrency, poll_interval, worker_id())
-        err.print(f"worker {job_worker.owner} running job types {job_types.names()}")
+    async def run(manager: BulkJobManager) -> dict[str, float]:
+        service = ContainerJobService(manager)
+        processor = container_processor(
+            service, manager.settings, concurrency=max_concurrent, poll_interval_s=poll_interval
+        )
+        err.print(f"processor {processor.owner}: up to {max_concurrent} container jobs at once")
         try:
-            await job_worker.run(burst=burst)
+            await processor.run(once=once)
         finally:
-            await job_worker.aclose()
+            await processor.aclose()
+            await service.aclose()
+        stats = processor.stats
+        return {"jobs": stats.jobs, "overhead_ms": stats.overhead_per_job_s * 1000}
 
-    _with_manager(run)
+    stats = _with_manager(run)
+    out.print(
+        f"processed {stats['jobs']:.0f} container jobs;"
+        f" processor overhead {stats['overhead_ms']:.1f} ms per job"
+    )
+
+
+@app.command("cleanup_containers")
+def cleanup_containers(
+    days: Annotated[int, typer.Option(min=0, help="Delete finished jobs older than this")] = 7,
+    dry_run: Annotated[bool, typer.Option(help="Only say what would be removed")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Also stop containers of unfinished jobs older than --days")
+    ] = False,
+) -> None:
+    """Delete old finished container jobs and remove orphaned containers carrying our labels."""
+    from src.services.containers.cleanup import cleanup_containers as run_cleanup
+
+    async def run(manager: BulkJobManager) -> dict[str, Any]:
+        service = ContainerJobService(manager)
+        try:
+            return await run_cleanup(service, days, dry_run=dry_run, force=force)
+        finally:
+            await service.aclose()
+
+    result = _with_manager(run)
+    verb = "would remove" if dry_run else "removed"
+    out.print(
+        f"{verb} {result['jobs']} old container jobs and {result['orphans']} orphaned"
+        f" containers; {result['stopped']} stale jobs {'would be ' if dry_run else ''}stopped"
+    )
+    for problem in result["errors"]:
+        err.print(f"[yellow]{problem}[/yellow]")
+
+
+@app.command("create_sample_data")
+def create_sample_data(
+    jobs: Annotated[int, typer.Option(min=1, max=10_000, help="Container jobs to create")] = 20,
+    executor_type: Annotated[
+        str,
+        typer.Option(
+            help="local, docker, mock, ... (a host of that type must exist; a"
+            " mock host is created when needed)"
+        ),
+    ] = "mock",
+    user: Annotated[str, typer.Option(help="Owner of the sample jobs")] = "admin",
+) -> None:
+    """Create sample container jobs (a mix of successes, failures and slow ones) to try the
+    processor and the dashboard."""
+    from src.services.containers.cleanup import create_sample_jobs
+
+    async def run(manager: BulkJobManager) -> int:
+        service = ContainerJobService(manager)
+        try:
+            return len(await create_sample_jobs(service, jobs, executor_type, user))
+        finally:
+            await service.aclose()
+
+    created = _with_manager(run)
+    out.print(f"created {created} sample container jobs on {executor_type}")
 
 
 @app.command()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import docker
 import pytest
 
 from src.config import Settings, load_settings
@@ -14,6 +16,8 @@ from src.services.store.local import LocalStore
 from tests.convex_server import ConvexTestServer, start_convex_server
 
 STORE_KINDS = ["local", "convex"]
+DOCKER_IMAGE = "bulkjobs-busybox:test"
+DEFAULT_DOCKER_SOCKET = "unix:///tmp/bulkjobs-docker/docker.sock"
 
 
 @pytest.fixture
@@ -53,3 +57,20 @@ async def open_store(kind: str, path: Path, request: pytest.FixtureRequest) -> S
     convex = ConvexStore(server.url, server.admin_key)
     await convex.open()  # as open_convex_store does: checks it and adds the default host
     return convex
+
+
+@pytest.fixture(scope="session")
+def docker_url() -> str:
+    """The Docker engine scripts/docker-ci.sh starts (DOCKER_HOST, or its default socket).
+    Without one, Docker tests skip -- unless REQUIRE_DOCKER=1 (as in CI): then they fail."""
+    url = os.environ.get("DOCKER_HOST", DEFAULT_DOCKER_SOCKET)
+    try:
+        client = docker.DockerClient(base_url=url, version="auto", timeout=10)
+        client.images.get(DOCKER_IMAGE)
+        client.close()
+    except Exception as exc:  # any failure means: no usable engine here
+        message = f"no Docker engine with {DOCKER_IMAGE} at {url} ({exc}); run scripts/docker-ci.sh"
+        if os.environ.get("REQUIRE_DOCKER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url

@@ -8,11 +8,14 @@ from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from src.routes.containers import Containers
 from src.routes.deps import CurrentUser, Manager, Registry, Worker
 from src.routes.responses import model_response
 from src.services.bulk_job_manager import BulkJobManager
+from src.services.containers.service import ContainerJobService
 from src.services.domain import ApiToken, BulkJobStage, BulkJobStatus, Job
 from src.services.errors import NotFound
+from src.services.job_types import container_batch
 from src.services.job_types.registry import JobTypeRegistry
 from src.services.job_worker import JobWorker
 from src.services.reports import ExportReport, JobReport, job_report
@@ -60,10 +63,14 @@ async def _start(
     registry: JobTypeRegistry,
     owner: str,
     request: BulkJobCreate | BulkProcessRequest,
+    containers: ContainerJobService,
+    trusted: bool,
     **extra: Any,
 ) -> str:
     manager.check_job_data(request.job_data)
     job_data = registry.validate_job_data(request.job_type, request.job_data)
+    if request.job_type == container_batch.NAME:
+        job_data = await container_batch.authorize(containers, job_data, owner, trusted)
     stages = request.stages or registry.get(request.job_type).stages
     return await manager.create_bulk_job(
         job_type=request.job_type,
@@ -102,6 +109,7 @@ async def create_bulk_job(
     user: CurrentUser,
     manager: Manager,
     registry: Registry,
+    containers: Containers,
     worker: Worker,
     background_tasks: BackgroundTasks,
 ) -> JobAccepted:
@@ -111,6 +119,8 @@ async def create_bulk_job(
         registry,
         user.user_id,
         body,
+        containers,
+        user.is_admin,
         priority=body.priority,
         estimated_duration_minutes=body.estimated_duration_minutes,
     )
@@ -124,13 +134,14 @@ async def start_bulk_process(
     user: CurrentUser,
     manager: Manager,
     registry: Registry,
+    containers: Containers,
     worker: Worker,
     background_tasks: BackgroundTasks,
 ) -> JobAccepted:
     """Start a bulk job as the usage guide shows; only admins may act for another user."""
     if body.user_id != user.user_id and not user.is_admin:
         raise HTTPException(status_code=403, detail="user_id must be your own user id")
-    job_id = await _start(manager, registry, body.user_id, body)
+    job_id = await _start(manager, registry, body.user_id, body, containers, user.is_admin)
     _schedule(job_id, manager, registry, worker, background_tasks)
     return JobAccepted(job_id=job_id, status="started")
 
@@ -168,10 +179,16 @@ async def get_job_status(job_id: str, user: CurrentUser, manager: Manager) -> Re
 
 @router.post("/bulk-jobs/{job_id}/cancel", response_model=JobAccepted)
 async def cancel_bulk_job(
-    job_id: str, user: CurrentUser, manager: Manager, body: CancelRequest | None = None
+    job_id: str,
+    user: CurrentUser,
+    manager: Manager,
+    containers: Containers,
+    body: CancelRequest | None = None,
 ) -> JobAccepted:
+    """Cancel the job and any container jobs it started (their containers are stopped)."""
     await _own_job(manager, user, job_id)
     await manager.cancel_job(job_id, (body or CancelRequest()).reason)
+    await containers.cancel_for_bulk_job(job_id)
     return JobAccepted(job_id=job_id, status=BulkJobStatus.CANCELLED)
 
 

@@ -15,6 +15,10 @@ class Conflict(BulkJobError):
     """The requested state transition is not allowed from the current state."""
 
 
+class PermissionDenied(BulkJobError):
+    """The caller is known but may not do this (an admin-only host, another user's job)."""
+
+
 class RateLimited(BulkJobError):
     """The user has started too many jobs in the current window."""
 
@@ -49,6 +53,10 @@ class JobCancelled(BulkJobError):
 
 class StoreAuthError(StoreUnavailable):
     """The store refused our credentials; retrying will not help until they are fixed."""
+
+
+class StoreRateLimited(StoreUnavailable, RateLimited):
+    """The store itself throttled us (HTTP 429); `retry_after_s` is how long it asked for."""
 
 
 class StoreError(BulkJobError):

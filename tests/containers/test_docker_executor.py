@@ -14,7 +14,8 @@ from src.services.containers.executors.errors import (
     ExecutorResourceError,
 )
 from src.services.containers.models import ContainerJob, ExecutorHost
-from tests.containers.conftest import DOCKER_IMAGE, make_host, make_job
+from tests.conftest import DOCKER_IMAGE
+from tests.containers.conftest import make_host, make_job
 
 
 def docker_job(command: str, **fields: object) -> ContainerJob:

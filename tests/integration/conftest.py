@@ -71,7 +71,9 @@ async def store(request: pytest.FixtureRequest, settings: Settings) -> AsyncIter
 
 @pytest.fixture
 async def api(settings: Settings, embedded_worker: bool, store: Store) -> AsyncIterator[Api]:
-    settings = settings.model_copy(update={"bulkjobs_embedded_worker": embedded_worker})
+    settings = settings.model_copy(
+        update={"bulkjobs_embedded_worker": embedded_worker, "bulkjobs_container_poll_s": 0.05}
+    )
     manager = BulkJobManager(settings, store=store)
     app = create_app(settings, manager=manager)
     async with app.router.lifespan_context(app):

@@ -6,6 +6,7 @@ bulk jobs; both share one store. The processor (processor.py) runs what this cre
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -27,7 +28,7 @@ from src.services.containers.models import (
     parse_env_text,
 )
 from src.services.containers.routing import choose_host, estimate_cost, why_not
-from src.services.errors import InvalidInput, NotFound
+from src.services.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from src.services.store.base import ContainerStore
 from src.services.store.local_containers import new_id
 
@@ -74,6 +75,7 @@ class ContainerJobService:
         environment_vars: dict[str, str] | None = None,
         host: str | ExecutorHost | None = None,
         executor_type: ExecutorType | str | None = None,
+        trusted: bool = True,
         **fields: Any,
     ) -> ContainerJob:
         """Validate, pick a host (routing when none is given) and store a pending job.
@@ -90,6 +92,7 @@ class ContainerJobService:
                 environment_vars=environment_vars,
                 host=host,
                 executor_type=executor_type,
+                trusted=trusted,
             )
         )[0]
         await (await self.store()).container_create(job)
@@ -105,11 +108,17 @@ class ContainerJobService:
         environment_vars: dict[str, str] | None = None,
         host: str | ExecutorHost | None = None,
         executor_type: str | None = None,
+        trusted: bool = True,
     ) -> list[ContainerJob]:
-        """Validated, routed jobs, not yet stored (bulk creation writes them in batches)."""
+        """Validated, routed jobs, not yet stored (bulk creation writes them in batches).
+
+        An untrusted caller (a non-admin over HTTP) cannot use a host that runs commands
+        without isolation (the local executor) unless the host allows it."""
         template = await self._template(environment_template)
         overrides = _env_text(environment_vars)
         hosts = await self._candidate_hosts(host, executor_type)
+        if not trusted:
+            hosts = _isolated_only(hosts, pinned=host is not None)
         jobs = []
         for spec_fields in specs:
             spec = _spec(spec_fields, overrides)
@@ -186,6 +195,18 @@ class ContainerJobService:
             await self.stop_container(cancelled)
         return True
 
+    async def cancel_for_bulk_job(self, bulk_job_id: str) -> int:
+        """Cancel every unfinished container job a bulk job started; returns how many."""
+        store = await self.store()
+        cancelled = 0
+        for status in ("pending", "queued", "retrying", "launching", "running"):
+            for job in await store.container_list(
+                status=status, bulk_job_id=bulk_job_id, limit=MAX_LIST
+            ):
+                with contextlib.suppress(Conflict):  # it ended meanwhile
+                    cancelled += await self.cancel_job(job.id, reason="bulk job cancelled")
+        return cancelled
+
     async def stop_container(self, job: ContainerJob) -> bool:
         """Stop and remove a job's container; failures are logged, not raised."""
         try:
@@ -214,6 +235,14 @@ class ContainerJobService:
             raise invalid_input(exc) from None
         executor_class(host.executor_type)  # a missing SDK is an error now, not at launch
         await (await self.store()).host_create(host)
+        return host
+
+    async def get_host(self, host_id: str) -> ExecutorHost:
+        """By id or name."""
+        store = await self.store()
+        host = await store.host_get(host_id) or await store.host_get_by_name(host_id)
+        if host is None:
+            raise NotFound(f"executor host {host_id} not found")
         return host
 
     async def update_host(self, host_id: str, **fields: Any) -> ExecutorHost:
@@ -251,6 +280,16 @@ class ContainerJobService:
         template.get_environment_variables_dict()  # a malformed line names its number
         await (await self.store()).template_create(template)
         return template
+
+    async def get_template(self, template_id: str) -> EnvironmentVariableTemplate:
+        """By id or name."""
+        store = await self.store()
+        found = await store.template_get(template_id) or await store.template_get_by_name(
+            template_id
+        )
+        if found is None:
+            raise NotFound(f"template {template_id} not found")
+        return found
 
     async def update_template(self, template_id: str, **fields: Any) -> EnvironmentVariableTemplate:
         if "environment_variables_text" in fields:
@@ -319,6 +358,23 @@ def _route(
     job.host_id, job.executor_type = host.id, host.executor_type
     job.routing_reason, job.estimated_cost = reason, cost
     return job
+
+
+def runs_untrusted(host: ExecutorHost) -> bool:
+    """Whether a non-admin's job may run on the host: the local executor isolates nothing,
+    so only when its config says `allow_untrusted_jobs`."""
+    return host.executor_type != "local" or bool(host.executor_config.get("allow_untrusted_jobs"))
+
+
+def _isolated_only(hosts: list[ExecutorHost], pinned: bool) -> list[ExecutorHost]:
+    allowed = [host for host in hosts if runs_untrusted(host)]
+    if not allowed:
+        where = f"host {hosts[0].name}" if pinned else "the available hosts"
+        raise PermissionDenied(
+            f"{where} run commands without isolation (local executor); only admins may use"
+            " them -- choose a docker or cloud host"
+        )
+    return allowed
 
 
 def _not_full(hosts: list[ExecutorHost]) -> list[ExecutorHost]:

@@ -16,7 +16,6 @@ Cancelling the bulk job cancels its unfinished container jobs and stops their co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shlex
 from typing import Any, Literal
@@ -91,6 +90,18 @@ def container_job_id(bulk_job_id: str, index: int) -> str:
     return f"{bulk_job_id}-{index:05d}"
 
 
+async def authorize(
+    service: ContainerJobService, job_data: dict[str, Any], user: str, trusted: bool
+) -> dict[str, Any]:
+    """For an untrusted (non-admin) caller: refuse hosts without isolation now, and pin the
+    executor type routing picked so the stage cannot land on one later."""
+    if trusted:
+        return job_data
+    data = ContainerBatchData.model_validate(job_data)
+    (job,) = await _prepare(service, "check", data, [0], user, trusted=False)
+    return job_data | {"executor_type": job.executor_type}
+
+
 async def initialize(ctx: StageContext) -> None:
     """Check that a host can take the jobs before any is created."""
     data = ContainerBatchData.model_validate(ctx.job_data)
@@ -105,7 +116,7 @@ async def run_items(ctx: StageContext) -> list[dict[str, Any]]:
     batch = _Batch(ctx, service, data)
     try:
         await batch.run()
-    except asyncio.CancelledError:
+    except BaseException:  # cancelled (CancelledError or JobCancelled) or failed
         await asyncio.shield(batch.cancel_if_job_cancelled())
         raise
     return batch.rows()
@@ -206,13 +217,10 @@ class _Batch:
 
     async def cancel_if_job_cancelled(self) -> None:
         """On cancellation of the bulk job (not a worker shutting down), stop every
-        container job still in flight."""
+        container job it started."""
         job = await self.ctx.manager.get_job(self.ctx.job_id)
-        if job is None or job.status != BulkJobStatus.CANCELLED:
-            return
-        for container_job in self.in_flight.values():
-            with contextlib.suppress(Exception):
-                await self.service.cancel_job(container_job.id, reason="bulk job cancelled")
+        if job is not None and job.status == BulkJobStatus.CANCELLED:
+            await self.service.cancel_for_bulk_job(self.ctx.job_id)
 
     def rows(self) -> list[dict[str, Any]]:
         return [
@@ -226,6 +234,7 @@ async def _prepare(
     data: ContainerBatchData,
     indexes: list[int],
     user: str,
+    trusted: bool = True,
 ) -> list[ContainerJob]:
     specs = [
         {
@@ -249,7 +258,7 @@ async def _prepare(
         for index in indexes
     ]
     jobs = await service.prepare_jobs(
-        specs, user=user, host=data.host, executor_type=data.executor_type
+        specs, user=user, host=data.host, executor_type=data.executor_type, trusted=trusted
     )
     for index, job in zip(indexes, jobs, strict=True):
         job.id = container_job_id(bulk_job_id, index)

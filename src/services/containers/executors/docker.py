@@ -49,6 +49,9 @@ JOB_LABEL = "bulkjobs.job_id"
 TIMEOUT_LABEL = "bulkjobs.timeout_seconds"
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 DEFAULT_PIDS_LIMIT = 256
+#: Exit code of a SIGKILLed process (OOM kills included).
+KILLED = 137
+OOM_FLAG_POLLS = 10
 #: Seconds a stopping container gets between SIGTERM and SIGKILL.
 STOP_GRACE_S = 2
 
@@ -217,6 +220,18 @@ class DockerExecutor:
         except docker.errors.NotFound:
             return
 
+    async def _wait_for_oom_flag(
+        self, container: Container, status: ExecutionStatus
+    ) -> ExecutionStatus:
+        """The engine records an OOM kill from an event that can land just after the exit;
+        a SIGKILLed container gets a moment for the flag to appear."""
+        for _ in range(OOM_FLAG_POLLS):
+            await asyncio.sleep(0.1)
+            await self._call(container.reload)
+            if _state(container).get("OOMKilled"):
+                return _exit_status(container)
+        return status
+
     async def get_logs(self, execution_id: str) -> tuple[str, str]:
         container = await self._container(execution_id)
         if container is None:
@@ -231,18 +246,24 @@ class DockerExecutor:
         if container is None:
             return HarvestResult("failed", None, "", "", reason="container not found")
         status = await self.check_status(execution_id)
+        if status.exit_code == KILLED and not status.reason:
+            status = await self._wait_for_oom_flag(container, status)
         if status.reason == "timeout":
             await self._call(container.reload)  # stopped just now: read its final state
             status = ExecutionStatus("exited", _state(container).get("ExitCode"), "timeout")
         stdout, stderr = await self.get_logs(execution_id)
         state = _state(container)
+        started = _parse_time(state.get("StartedAt"))
+        finished = _parse_time(state.get("FinishedAt"))
+        if started and finished and finished < started:
+            finished = started  # Docker may stamp a very short run's start after its end
         return HarvestResult(
             status=final_status(status.exit_code, status.reason),
             exit_code=status.exit_code,
             stdout=stdout,
             stderr=stderr,
-            started_at=_parse_time(state.get("StartedAt")),
-            finished_at=_parse_time(state.get("FinishedAt")),
+            started_at=started,
+            finished_at=finished,
             reason=status.reason,
             metadata={"oom_killed": bool(state.get("OOMKilled"))},
         )
