@@ -50,6 +50,7 @@ bench: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python bench/exports.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/convex_store.py
+	$(BIN)/python bench/containers.py
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -7,6 +7,7 @@ local jobs needs none of them; a missing SDK is a clear error naming the extra t
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from src.services.containers.executors.base import ContainerExecutor
@@ -42,8 +43,9 @@ def executor_class(executor_type: str) -> Any:
 class ExecutorFactory:
     """Executors by host. A host whose config changed gets a fresh executor."""
 
-    def __init__(self, store: ContainerStore) -> None:
+    def __init__(self, store: ContainerStore, local_work_dir: Path | None = None) -> None:
         self.store = store
+        self.local_work_dir = local_work_dir
         self._executors: dict[str, tuple[ExecutorHost, ContainerExecutor]] = {}
 
     async def get_executor(self, job_or_host: ContainerJob | ExecutorHost) -> ContainerExecutor:
@@ -66,7 +68,10 @@ class ExecutorFactory:
             return cached[1]
         if cached is not None:
             await cached[1].aclose()
-        executor: ContainerExecutor = executor_class(host.executor_type)(host)
+        cls = executor_class(host.executor_type)
+        executor: ContainerExecutor = (
+            cls(host, self.local_work_dir) if host.executor_type == "local" else cls(host)
+        )
         self._executors[host.id] = (host, executor)
         return executor
 

@@ -266,8 +266,17 @@ class ContainerProcessor:
                 log.warning("container job %s overran its timeout; stopping it", job.id)
                 await executor.cleanup(execution_id)
                 return True
-            await asyncio.sleep(delay)
+            await self._pause(executor, execution_id, delay)
             delay = min(delay * 2, self.poll_interval_s)
+
+    @staticmethod
+    async def _pause(executor: ContainerExecutor, execution_id: str, delay: float) -> None:
+        """Sleep until the next look -- or less, when the executor can say it ended."""
+        wait_for_exit = getattr(executor, "wait_for_exit", None)
+        if wait_for_exit is not None:
+            await wait_for_exit(execution_id, delay)
+        else:
+            await asyncio.sleep(delay)
 
     async def _record(self, job: ContainerJob, result: HarvestResult) -> None:
         fields: dict[str, Any] = {

@@ -54,7 +54,8 @@ class ContainerJobService:
 
     async def factory(self) -> ExecutorFactory:
         if self._factory is None:
-            self._factory = ExecutorFactory(await self.store())
+            work_dir = self.manager.settings.bulkjobs_local_work_dir
+            self._factory = ExecutorFactory(await self.store(), work_dir)
         return self._factory
 
     async def aclose(self) -> None:

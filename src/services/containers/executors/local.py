@@ -125,6 +125,16 @@ class LocalExecutor:
             ExecutionStatus("running") if _alive(pid) else ExecutionStatus("failed", None, "lost")
         )
 
+    async def wait_for_exit(self, execution_id: str, timeout_s: float) -> None:
+        """Return when the process ends or after `timeout_s`, whichever comes first (lets
+        the processor notice a quick job at once instead of at its next poll)."""
+        run = self._runs.get(execution_id)
+        if run is None:
+            await asyncio.sleep(timeout_s)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(run.process.wait()), timeout_s)
+
     async def get_logs(self, execution_id: str) -> tuple[str, str]:
         workdir = self._workdir(execution_id)
         return _read_log(workdir / "stdout"), _read_log(workdir / "stderr")

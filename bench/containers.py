@@ -1,0 +1,109 @@
+"""Trivial container jobs through the ContainerProcessor: throughput and overhead.
+
+200 jobs (`true`) on the local executor and 50 on Docker (skipped without an engine), each
+at processor concurrency 1 and 8, on a fresh embedded store. Prints jobs/minute, the ratio
+of concurrency 8 to 1 (same process, same machine), and the processor's own overhead per
+job: the time from claim to final status not spent inside executor calls or waiting for
+the container.
+
+    python bench/containers.py [--local-jobs N] [--docker-jobs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+from src.config import load_settings
+from src.services.bulk_job_manager import BulkJobManager
+from src.services.containers.processor import ContainerProcessor, ProcessorStats
+from src.services.containers.service import ContainerJobService
+from src.services.store.local import LocalStore
+
+DOCKER_IMAGE = "bulkjobs-busybox:test"
+DOCKER_URL = os.environ.get("DOCKER_HOST", "unix:///tmp/bulkjobs-docker/docker.sock")
+
+
+async def run_batch(
+    root: Path, executor_type: str, jobs: int, concurrency: int
+) -> tuple[float, ProcessorStats]:
+    """Seconds to process `jobs` trivial jobs at `concurrency`, and the processor's stats."""
+    settings = load_settings(
+        bulkjobs_db_path=root / f"{executor_type}-{concurrency}.db",
+        bulk_export_path=root / "exports",
+        bulkjobs_local_work_dir=root / "work",
+    )
+    async with LocalStore(settings.bulkjobs_db_path) as store:
+        service = ContainerJobService(BulkJobManager(settings, store))
+        host = await _host(service, executor_type, concurrency)
+        image = DOCKER_IMAGE if executor_type == "docker" else "local"
+        specs = [{"docker_image": image, "command": "true"} for _ in range(jobs)]
+        await store.container_create_batch(await service.prepare_jobs(specs, host=host))
+        processor = ContainerProcessor(service, concurrency, poll_interval_s=0.05)
+        started = time.perf_counter()
+        await processor.run(once=True)
+        elapsed = time.perf_counter() - started
+        await service.aclose()
+        done = await store.container_count_by_status()
+        assert done.get("completed") == jobs, done
+        return elapsed, processor.stats
+
+
+async def _host(service: ContainerJobService, executor_type: str, concurrency: int) -> str:
+    if executor_type == "local":
+        await service.update_host("local", max_concurrent_jobs=max(concurrency, 1))
+        return "local"
+    host = await service.create_host(
+        name="bench-docker",
+        executor_type="docker",
+        connection_string=DOCKER_URL,
+        auto_pull_images=False,
+        max_concurrent_jobs=concurrency,
+    )
+    return host.id
+
+
+def docker_available() -> bool:
+    try:
+        client = docker.DockerClient(base_url=DOCKER_URL, version="auto", timeout=5)
+        client.images.get(DOCKER_IMAGE)
+        client.close()
+    except Exception:
+        return False
+    return True
+
+
+async def measure(root: Path, executor_type: str, jobs: int) -> None:
+    rates = {}
+    for concurrency in (1, 8):
+        elapsed, stats = await run_batch(root, executor_type, jobs, concurrency)
+        rates[concurrency] = jobs / elapsed * 60
+        print(
+            f"{executor_type:>6} c={concurrency}: {jobs} jobs in {elapsed:6.2f} s ="
+            f" {rates[concurrency]:8.0f} jobs/min; processor overhead"
+            f" {stats.overhead_per_job_s * 1000:6.2f} ms/job"
+        )
+    print(f"{executor_type:>6} concurrency 8 / 1 = {rates[8] / rates[1]:.2f}x")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--local-jobs", type=int, default=200)
+    parser.add_argument("--docker-jobs", type=int, default=50)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        await measure(Path(tmp), "local", args.local_jobs)
+        if docker_available():
+            await measure(Path(tmp), "docker", args.docker_jobs)
+        else:
+            print(f"docker: skipped (no engine with {DOCKER_IMAGE} at {DOCKER_URL})")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
