@@ -4,6 +4,7 @@ import { defineSchema, defineTable } from "convex/server";
 import { v } from "convex/values";
 import { jobStatus, priority, stageStatus, exportFormat } from "./validators";
 import { containerStatus, hostFields, jobFields, templateFields } from "./model/containers";
+import { workFields } from "./model/workItems";
 
 export default defineSchema({
   // Writes: bulkJobs mutations. Reads: bulkJobs queries (service), live job views.
@@ -115,4 +116,12 @@ export default defineSchema({
     "by_reportId",
     ["reportId"],
   ),
+
+  // Writes: workItems mutations (enqueuers, and workers claiming, renewing and reporting).
+  // Reads: workItems queries (workers, `bulkjobs worker status`). Pending items have no
+  // lease expiry, so by_status_and_leaseExpiresAt also orders them by insertion.
+  workItems: defineTable(workFields)
+    .index("by_itemId", ["itemId"])
+    .index("by_status_and_leaseExpiresAt", ["status", "leaseExpiresAt"])
+    .index("by_leaseOwner", ["leaseOwner"]),
 });

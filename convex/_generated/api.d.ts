@@ -21,7 +21,9 @@ import type * as executorHosts from "../executorHosts.js";
 import type * as model_containerJobs from "../model/containerJobs.js";
 import type * as model_containers from "../model/containers.js";
 import type * as model_jobs from "../model/jobs.js";
+import type * as model_workItems from "../model/workItems.js";
 import type * as validators from "../validators.js";
+import type * as workItems from "../workItems.js";
 
 /**
  * A utility for referencing Convex functions in your app's API.
@@ -40,7 +42,9 @@ declare const fullApi: ApiFromModules<{
   "model/containerJobs": typeof model_containerJobs;
   "model/containers": typeof model_containers;
   "model/jobs": typeof model_jobs;
+  "model/workItems": typeof model_workItems;
   validators: typeof validators;
+  workItems: typeof workItems;
 }>;
 export declare const api: FilterApi<
   typeof fullApi,

@@ -31,6 +31,7 @@ from src.services.errors import (
     RateLimited,
     StoreUnavailable,
 )
+from src.services.worker.models import NewWorkItem, ReportAck, WorkItem, WorkReport
 
 __all__ = [
     "BulkJobError",
@@ -252,3 +253,42 @@ class ContainerStore(Protocol):
     async def template_get_by_name(self, name: str) -> EnvironmentVariableTemplate | None: ...
 
     async def template_list(self) -> list[EnvironmentVariableTemplate]: ...
+
+
+class WorkStore(Protocol):
+    """Work-item operations (Convex module workItems; `workItems:claim` <-> `work_claim`).
+    The values are in src/services/worker/models.py."""
+
+    # workItems:enqueueBatch -- one transaction, at most MAX_WORK_BATCH items; returns ids.
+    # An id given by the caller that exists already is Conflict (nothing is written).
+    async def work_enqueue_batch(self, items: list[NewWorkItem]) -> list[str]: ...
+
+    # workItems:claim -- pending items of `operations` (any operation when None) and running
+    # ones whose lease expired, oldest first. An expired item that used up its attempts is
+    # failed instead of claimed, so a poison item is never retried forever.
+    async def work_claim(
+        self, owner: str, operations: list[str] | None, limit: int, lease_s: float
+    ) -> list[WorkItem]: ...
+
+    # workItems:heartbeat -- renews the leases `owner` still holds; returns the ids it no
+    # longer holds (finished, or claimed by another worker after expiry).
+    async def work_heartbeat(
+        self, owner: str, item_ids: list[str], lease_s: float
+    ) -> list[str]: ...
+
+    # workItems:report -- finishes items, at most MAX_WORK_BATCH per call, each applied once:
+    # a key seen before is `duplicate`, an item already finished is `stale`. A report from a
+    # worker whose lease expired still applies while the item is unfinished.
+    async def work_report(self, reports: list[WorkReport]) -> list[ReportAck]: ...
+
+    # workItems:release -- gives leases back; the items are claimable again at once.
+    async def work_release(self, owner: str, item_ids: list[str]) -> None: ...
+
+    # workItems:get
+    async def work_get(self, item_id: str) -> WorkItem | None: ...
+
+    # workItems:countByStatus
+    async def work_count_by_status(self) -> dict[str, int]: ...
+
+    # workItems:listLeases -- running items whose owner starts with `owner_prefix`.
+    async def work_list_leases(self, owner_prefix: str, limit: int = 100) -> list[WorkItem]: ...

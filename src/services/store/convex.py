@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import random
 import struct
 import uuid
@@ -41,10 +42,12 @@ from src.services.errors import (
     StoreAuthError,
     StoreError,
     StoreMisconfigured,
+    StoreRateLimited,
     StoreUnavailable,
 )
 from src.services.store.base import MAX_PAGE
 from src.services.store.convex_containers import ConvexContainerOps
+from src.services.store.convex_work import ConvexWorkOps
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +164,8 @@ def _error_from(path: str, body: dict[str, Any]) -> BulkJobError:
     return StoreError(f"Convex function {path} failed: {message}")
 
 
-class ConvexStore(ConvexContainerOps):
-    """Store and ContainerStore over a Convex deployment's HTTP API."""
+class ConvexStore(ConvexContainerOps, ConvexWorkOps):
+    """Store, ContainerStore and WorkStore over a Convex deployment's HTTP API."""
 
     def __init__(
         self,
@@ -205,7 +208,10 @@ class ConvexStore(ConvexContainerOps):
             if attempt < self._retries:
                 log.warning("convex %s %s: %s; retrying in %.2fs", kind, path, problem, delay)
                 await asyncio.sleep(delay)
-        raise StoreUnavailable(f"Convex at {self.url} unavailable ({problem}) for {path}")
+        message = f"Convex at {self.url} unavailable ({problem}) for {path}"
+        if problem == "HTTP 429":  # the caller can wait as long as Convex asked
+            raise StoreRateLimited(math.ceil(delay), message)
+        raise StoreUnavailable(message)
 
     async def _send(self, kind: Kind, payload: dict[str, Any]) -> httpx.Response:
         async with self._gate:

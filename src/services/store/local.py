@@ -45,6 +45,7 @@ from src.services.store.local_containers import (
     LocalContainerOps,
     ensure_default_host,
 )
+from src.services.store.local_work import WORK_SCHEMA, LocalWorkOps
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -127,8 +128,9 @@ def _clamp(value: float) -> float:
     return min(1.0, max(0.0, value))
 
 
-class LocalStore(LocalContainerOps):
-    """SQLite-backed Store and ContainerStore. Safe to share between tasks; one per file."""
+class LocalStore(LocalContainerOps, LocalWorkOps):
+    """SQLite-backed Store, ContainerStore and WorkStore. Safe to share between tasks; one per
+    file."""
 
     def __init__(self, path: Path | str, clock: Clock = time.time) -> None:
         self.path = Path(path)
@@ -157,7 +159,7 @@ class LocalStore(LocalContainerOps):
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
-        conn.executescript(SCHEMA + CONTAINER_SCHEMA)
+        conn.executescript(SCHEMA + CONTAINER_SCHEMA + WORK_SCHEMA)
         with self._conns_lock:
             self._conns.append(conn)
         return conn
