@@ -51,6 +51,7 @@ bench: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/convex_store.py
 	$(BIN)/python bench/containers.py
+	$(BIN)/python bench/worker.py
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

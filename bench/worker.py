@@ -199,6 +199,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--skip-redis", action="store_true")
     args = parser.parse_args()
+    if not args.skip_redis and shutil.which("redis-server") is None:
+        print("redis-server is not installed (apt-get install redis-server): no Huey + Redis")
+        args.skip_redis = True
     OPTIONS.update(concurrency=args.concurrency, batch=args.batch)
     rates: dict[tuple[str, int], float] = {}
     with tempfile.TemporaryDirectory() as tmp:

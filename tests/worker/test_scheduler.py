@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from src.config import Settings
 from src.services.errors import RateLimited, StoreAuthError, StoreUnavailable
 from src.services.store.local import LocalStore
 from src.services.worker.models import NewWorkItem, WorkReport
@@ -385,3 +386,21 @@ async def test_stop_lets_running_items_finish_then_releases_the_rest(
     assert (short.status, short.result) == ("completed", "woke")
     assert (long.status, long.attempts, long.lease_owner) == ("pending", 0, None)
     assert scheduler.stats.released == 1
+
+
+async def test_application_enqueue_helper(
+    store: LocalStore, settings: Settings, make_scheduler: MakeScheduler
+) -> None:
+    from src.services.bulk_job_manager import BulkJobManager
+    from src.services.worker import enqueue as enqueue_one
+
+    manager = BulkJobManager(settings, store)
+    first = await enqueue_one("echo", {"n": 7}, item_id="fixed-id", manager=manager)
+    again = await enqueue_one("echo", {"n": 7}, item_id="fixed-id", manager=manager)
+    assert first == again == "fixed-id"  # a retried enqueue adds nothing
+    scheduler = make_scheduler()
+    assert await scheduler.tick() == 1
+    await wait_idle(scheduler)
+    (done,) = await items(store, [first])
+    assert (done.status, done.result) == ("completed", {"echo": {"n": 7}})
+    await scheduler.aclose()
