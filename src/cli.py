@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
+from src.cli_containers import containers_app
 from src.config import ConfigError, Settings, get_settings
 from src.services.auth import create_api_token
 from src.services.bulk_job_manager import BulkJobManager
@@ -34,6 +35,7 @@ token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Inspect bulk jobs.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(containers_app, name="containers")
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)

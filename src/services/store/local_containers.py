@@ -159,7 +159,9 @@ class LocalContainerOps:
         await self.container_create_batch([job])
 
     async def container_create_batch(self, jobs: list[ContainerJob]) -> None:
-        await self._run(_insert_jobs, jobs)
+        # Rows are built here, not on the store thread: the writer only inserts, and a
+        # caller writing batches back to back builds the next while this one is written.
+        await self._run(_insert_rows, [_job_row(job) for job in jobs])
 
     async def container_get(self, job_id: str) -> ContainerJob | None:
         found = await self.container_get_many([job_id])
@@ -311,9 +313,9 @@ def _at(epoch_s: float) -> Any:
     return from_epoch(epoch_s)
 
 
-def _insert_jobs(conn: sqlite3.Connection, jobs: list[ContainerJob]) -> None:
+def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     try:
-        conn.executemany(INSERT_JOB, [_job_row(job) for job in jobs])
+        conn.executemany(INSERT_JOB, rows)
     except sqlite3.IntegrityError:
         raise Conflict("a container job with one of these ids already exists") from None
 
