@@ -38,6 +38,7 @@ convex-codegen-check: $(NODE_STAMP)
 convex: convex-codegen-check
 	npx tsc --noEmit -p convex
 	npx tsc --noEmit -p tests/convex-server
+	npx tsc --noEmit -p examples/convex-frontend
 	npx vitest run
 
 pytest: $(STAMP) $(NODE_STAMP)

@@ -39,7 +39,7 @@ describe("create and read", () => {
   test("creates a pending job with one document per stage", async () => {
     const t = setup();
     const jobId = await create(t, { priority: "high", estimatedDurationMinutes: 3 });
-    const job = await t.query(internal.bulkJobs.getJob, { jobId });
+    const job = await t.query(internal.bulkJobs.getJobInternal, { jobId });
     expect(job).toMatchObject({ status: "pending", priority: "high", jobData: { n: 1 } });
     expect(job!.stages.map((s) => [s.name, s.status, s.index])).toEqual([
       ["initialization", "pending", 0],
@@ -57,7 +57,7 @@ describe("create and read", () => {
 
   test("missing job reads as null", async () => {
     const t = setup();
-    expect(await t.query(internal.bulkJobs.getJob, { jobId: "nope" })).toBeNull();
+    expect(await t.query(internal.bulkJobs.getJobInternal, { jobId: "nope" })).toBeNull();
   });
 
   test("validators reject bad arguments", async () => {
@@ -99,7 +99,7 @@ describe("status and stages", () => {
     const jobId = await create(t);
     await t.mutation(internal.bulkJobs.updateStatus, { jobId, status: "processing", updates: { a: 1 } });
     await t.mutation(internal.bulkJobs.updateStatus, { jobId, status: "completed", updates: { b: 2 } });
-    const job = await t.query(internal.bulkJobs.getJob, { jobId });
+    const job = await t.query(internal.bulkJobs.getJobInternal, { jobId });
     expect(job!.results).toEqual({ a: 1, b: 2 });
     expect(job!.startedAt).toBeDefined();
     expect(job!.completedAt).toBeDefined();
@@ -125,10 +125,10 @@ describe("status and stages", () => {
     await t.mutation(internal.bulkJobs.updateStageProgress, {
       ...args, progress: -1, itemsCompleted: 3, itemsFailed: 1,
     });
-    let stage = (await t.query(internal.bulkJobs.getJob, { jobId }))!.stages[0];
+    let stage = (await t.query(internal.bulkJobs.getJobInternal, { jobId }))!.stages[0];
     expect([stage.progress, stage.itemsCompleted, stage.itemsFailed]).toEqual([0, 8, 2]);
     await t.mutation(internal.bulkJobs.completeStage, { ...args, itemsCompleted: 10 });
-    stage = (await t.query(internal.bulkJobs.getJob, { jobId }))!.stages[0];
+    stage = (await t.query(internal.bulkJobs.getJobInternal, { jobId }))!.stages[0];
     expect(stage).toMatchObject({ status: "completed", progress: 1, itemsCompleted: 10, metadata: { k: "v" } });
     await expectCode(t.mutation(internal.bulkJobs.startStage, args), "CONFLICT");
   });
@@ -142,7 +142,7 @@ describe("status and stages", () => {
     await expectCode(t.mutation(internal.bulkJobs.startStage, { jobId, stage: "nope" }), "NOT_FOUND");
     await t.mutation(internal.bulkJobs.startStage, args);
     await t.mutation(internal.bulkJobs.failStage, { ...args, errorMessage: "boom", metadata: { e: 1 } });
-    const stage = (await t.query(internal.bulkJobs.getJob, { jobId }))!.stages[0];
+    const stage = (await t.query(internal.bulkJobs.getJobInternal, { jobId }))!.stages[0];
     expect(stage).toMatchObject({ status: "failed", errorMessage: "boom", metadata: { e: 1 } });
   });
 
@@ -152,13 +152,13 @@ describe("status and stages", () => {
     const args = { jobId, stage: STAGES[0] };
     await t.mutation(internal.bulkJobs.updateStageProgress, { ...args, progress: 0.4, itemsCompleted: 4 });
     await t.mutation(internal.bulkJobs.startStage, { ...args, itemsTotal: 12 });
-    let stage = (await t.query(internal.bulkJobs.getJob, { jobId }))!.stages[0];
+    let stage = (await t.query(internal.bulkJobs.getJobInternal, { jobId }))!.stages[0];
     expect([stage.itemsCompleted, stage.itemsTotal, stage.progress]).toEqual([4, 12, 0.4]);
     await t.mutation(internal.bulkJobs.updateStatus, { jobId, status: "cancelled", errorMessage: "stop" });
     expect(
       await t.mutation(internal.bulkJobs.updateStageProgress, { ...args, progress: 0.9, itemsCompleted: 9 }),
     ).toBe("cancelled");
-    stage = (await t.query(internal.bulkJobs.getJob, { jobId }))!.stages[0];
+    stage = (await t.query(internal.bulkJobs.getJobInternal, { jobId }))!.stages[0];
     expect(stage.itemsCompleted).toBe(4);
     await expectCode(t.mutation(internal.bulkJobs.completeStage, args), "CONFLICT");
   });
@@ -220,7 +220,7 @@ describe("leases", () => {
     await t.mutation(internal.bulkJobs.claim, { owner: "w1", leaseMs: 30_000, jobTypes: ["demo"], limit: 1 });
     await t.mutation(internal.bulkJobs.updateStatus, { jobId, status: "processing" });
     await t.mutation(internal.bulkJobs.release, { jobId, owner: "other" });
-    expect((await t.query(internal.bulkJobs.getJob, { jobId }))!.leaseOwner).toBe("w1");
+    expect((await t.query(internal.bulkJobs.getJobInternal, { jobId }))!.leaseOwner).toBe("w1");
     await t.mutation(internal.bulkJobs.release, { jobId, owner: "w1" });
     vi.advanceTimersByTime(1);
     const [again] = await t.mutation(internal.bulkJobs.claim, {
@@ -235,7 +235,7 @@ describe("leases", () => {
     await t.mutation(internal.bulkJobs.claim, { owner: "w1", leaseMs: 30_000, jobTypes: ["demo"], limit: 1 });
     await t.mutation(internal.bulkJobs.updateStatus, { jobId, status: "cancelled" });
     expect(await t.mutation(internal.bulkJobs.heartbeat, { jobId, owner: "w1", leaseMs: 1 })).toBe("cancelled");
-    const job = await t.query(internal.bulkJobs.getJob, { jobId });
+    const job = await t.query(internal.bulkJobs.getJobInternal, { jobId });
     expect(job!.leaseOwner).toBeUndefined();
   });
 });
@@ -251,11 +251,11 @@ describe("lists and exports", () => {
     }
     await create(t, { userId: "u2" });
     await t.mutation(internal.bulkJobs.updateStatus, { jobId: ids[0], status: "cancelled" });
-    const all = await t.query(internal.bulkJobs.getUserJobs, { userId: "u1", limit: 500 });
+    const all = await t.query(internal.bulkJobs.getUserJobsInternal, { userId: "u1", limit: 500 });
     expect(all.map((j) => j.jobId)).toEqual([...ids].reverse());
-    const two = await t.query(internal.bulkJobs.getUserJobs, { userId: "u1", limit: 2 });
+    const two = await t.query(internal.bulkJobs.getUserJobsInternal, { userId: "u1", limit: 2 });
     expect(two).toHaveLength(2);
-    const cancelled = await t.query(internal.bulkJobs.getUserJobs, { userId: "u1", status: "cancelled", limit: 10 });
+    const cancelled = await t.query(internal.bulkJobs.getUserJobsInternal, { userId: "u1", status: "cancelled", limit: 10 });
     expect(cancelled.map((j) => j.jobId)).toEqual([ids[0]]);
     const recent = await t.query(internal.bulkJobs.getUserRecentJobs, { userId: "u1", windowMs: 25 });
     expect(recent.map((j) => j.jobId)).toEqual([ids[3], ids[2]]);
@@ -265,7 +265,7 @@ describe("lists and exports", () => {
   test("more than a page of jobs is cut to the page size", async () => {
     const t = setup();
     for (let i = 0; i < 205; i++) await create(t, { userId: "many" });
-    const page = await t.query(internal.bulkJobs.getUserJobs, { userId: "many", limit: 1000 });
+    const page = await t.query(internal.bulkJobs.getUserJobsInternal, { userId: "many", limit: 1000 });
     expect(page).toHaveLength(200);
   });
 

@@ -1,7 +1,8 @@
-// bulkJobs: the functions behind the Python Store protocol (src/services/store/base.py).
-// All internal: the service calls them with a deploy key; browsers cannot.
+// bulkJobs: the functions behind the Python Store protocol (src/services/store/base.py), all
+// internal (the service calls them with a deploy key), and two public queries, getJob and
+// getUserJobs, through which a signed-in browser watches its own jobs.
 import { v } from "convex/values";
-import { internalMutation, internalQuery } from "./_generated/server";
+import { internalMutation, internalQuery, query } from "./_generated/server";
 import * as jobs from "./model/jobs";
 import {
   MAX_PAGE,
@@ -123,7 +124,19 @@ export const release = internalMutation({
   },
 });
 
-export const getJob = internalQuery({
+export const getJob = query({
+  args: { jobId: v.string() },
+  returns: v.union(jobs.jobProgress, v.null()),
+  handler: jobs.myJob,
+});
+
+export const getUserJobs = query({
+  args: { limit: v.optional(v.number()) },
+  returns: v.array(jobs.jobProgress),
+  handler: jobs.myJobs,
+});
+
+export const getJobInternal = internalQuery({
   args: { jobId: v.string() },
   returns: v.union(jobView, v.null()),
   handler: async (ctx, { jobId }) => {
@@ -135,7 +148,7 @@ export const getJob = internalQuery({
   },
 });
 
-export const getUserJobs = internalQuery({
+export const getUserJobsInternal = internalQuery({
   args: {
     userId: v.string(),
     status: v.optional(jobStatus),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from src.services.containers.processor import container_processor
 from src.services.containers.service import ContainerJobService
 from src.services.errors import BulkJobError
 from src.services.job_types import job_types
+from src.services.logs import configure_logging
 from src.services.reports import JobReport
 
 T = TypeVar("T")
@@ -97,8 +97,9 @@ def serve(
         out.print(f"API:  curl -H 'Authorization: Bearer {token}' http://{host}:{port}/bulk-jobs")
     else:
         out.print(f"Serving on http://{host}:{port}/ (create a token: bulkjobs token create)")
-    logging.basicConfig(level=logging.INFO)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    configure_logging(settings)
+    # log_config=None: uvicorn keeps the handlers configured above (format, redaction).
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
 
 
 worker_app = typer.Typer(
@@ -147,7 +148,7 @@ def worker(
 
     from src.services.worker.service import WorkerOptions, default_name, run_worker
 
-    logging.basicConfig(level=logging.INFO)
+    configure_logging(_settings())
     for module in imports or []:
         importlib.import_module(module)
 
@@ -200,7 +201,7 @@ def process_container_jobs(
     max_concurrent: Annotated[int, typer.Option(min=1, help="Container jobs run at once")] = 4,
 ) -> None:
     """Claim pending container jobs and carry them through launch, monitoring and harvest."""
-    logging.basicConfig(level=logging.INFO)
+    configure_logging(_settings())
 
     async def run(manager: BulkJobManager) -> dict[str, float]:
         service = ContainerJobService(manager)

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     #: Where the local executor keeps each job's output files (default: the temp dir).
     bulkjobs_local_work_dir: Path | None = None
 
+    #: Largest request body accepted, in bytes; larger is a 413 naming this setting.
+    bulkjobs_max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    #: Origins allowed to call the API from a browser (comma-separated); empty: CORS off.
+    bulkjobs_cors_origins: str = ""
+    #: `text` or `json` (one object per line, with job_id, stage and user_id when known).
+    bulkjobs_log_format: Literal["text", "json"] = "text"
+    bulkjobs_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
     convex_url: str | None = None
     convex_deploy_key: str | None = None
 
@@ -71,6 +79,11 @@ class Settings(BaseSettings):
         if self.bulkjobs_store == "convex" and not self.convex_url:
             raise ValueError("BULKJOBS_STORE=convex needs CONVEX_URL")
         return self
+
+    @property
+    def cors_origins(self) -> list[str]:
+        origins = self.bulkjobs_cors_origins.split(",")
+        return [origin.strip() for origin in origins if origin.strip()]
 
     @property
     def rate_limit_window_s(self) -> float:

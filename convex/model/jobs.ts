@@ -1,6 +1,6 @@
 // Handlers of the bulkJobs functions; bulkJobs.ts registers them. Same semantics as the
 // Python LocalStore: the contract suite runs one set of tests against both.
-import { ConvexError } from "convex/values";
+import { ConvexError, Infer, v } from "convex/values";
 import { Doc } from "../_generated/dataModel";
 import { MutationCtx, QueryCtx } from "../_generated/server";
 import {
@@ -15,6 +15,9 @@ import {
   STAGE_TRANSITIONS,
   StageStatus,
   TERMINAL,
+  jobStatus,
+  priority,
+  stageStatus,
 } from "../validators";
 
 // Bounds on documents a claim looks at, to stay inside a transaction's read limits.
@@ -88,6 +91,158 @@ export async function jobView(ctx: QueryCtx, job: Doc<"bulkJobs">): Promise<JobV
     stages: stages.map(({ _id, _creationTime, jobId, ...stage }) => stage),
     exports: exports.map(exportView),
   };
+}
+
+// -- browser views -------------------------------------------------------------------------
+// What a signed-in browser sees of its own jobs (public bulkJobs:getJob, bulkJobs:getUserJobs):
+// the progress view of src/services/reports.py without job data and results (large, and not
+// needed to watch progress), lease fields and file paths. Figures that depend on the clock
+// (ETA, export expiry) are left to the browser, so that a cached query result stays valid.
+
+// Each job in a list reads its stages and exports too; 50 keeps a list well inside a query's
+// read limits.
+export const MAX_BROWSER_PAGE = 50;
+export const DEFAULT_BROWSER_PAGE = 20;
+
+const nullable = <T extends Parameters<typeof v.union>[0]>(validator: T) =>
+  v.union(validator, v.null());
+
+export const stageProgress = v.object({
+  name: v.string(),
+  status: stageStatus,
+  progress: v.number(),
+  itemsTotal: nullable(v.number()),
+  itemsCompleted: v.number(),
+  itemsFailed: v.number(),
+  startedAt: nullable(v.number()),
+  completedAt: nullable(v.number()),
+  errorMessage: nullable(v.string()),
+  metadata: v.any(),
+});
+
+export const exportInfo = v.object({
+  exportId: v.string(),
+  format: v.string(),
+  filename: v.string(),
+  contentType: v.string(),
+  sizeBytes: v.number(),
+  sha256: v.string(),
+  createdAt: v.number(),
+  expiresAt: v.number(),
+});
+
+export const jobProgress = v.object({
+  jobId: v.string(),
+  jobType: v.string(),
+  status: jobStatus,
+  priority: priority,
+  // Mean of the stages' progress, completed and skipped stages counting as 1.
+  progress: v.number(),
+  // First stage not yet finished; null once the job is.
+  currentStage: nullable(v.string()),
+  itemsTotal: nullable(v.number()),
+  itemsCompleted: v.number(),
+  itemsFailed: v.number(),
+  errorMessage: nullable(v.string()),
+  estimatedDurationMinutes: nullable(v.number()),
+  createdAt: v.number(),
+  updatedAt: v.number(),
+  startedAt: nullable(v.number()),
+  completedAt: nullable(v.number()),
+  stages: v.array(stageProgress),
+  exports: v.array(exportInfo),
+});
+export type JobProgress = Infer<typeof jobProgress>;
+
+const STAGE_DONE: readonly StageStatus[] = ["completed", "failed", "skipped"];
+const sum = (values: number[]) => values.reduce((total, value) => total + value, 0);
+
+function overallProgress(job: JobView): number {
+  if (job.stages.length === 0) return job.status === "completed" ? 1 : 0;
+  const each = job.stages.map((s) =>
+    s.status === "completed" || s.status === "skipped" ? 1 : s.progress,
+  );
+  return Math.round((sum(each) / each.length) * 1e6) / 1e6;
+}
+
+function stageProgressView(stage: JobView["stages"][number]): Infer<typeof stageProgress> {
+  return {
+    name: stage.name,
+    status: stage.status,
+    progress: stage.progress,
+    itemsTotal: stage.itemsTotal ?? null,
+    itemsCompleted: stage.itemsCompleted,
+    itemsFailed: stage.itemsFailed,
+    startedAt: stage.startedAt ?? null,
+    completedAt: stage.completedAt ?? null,
+    errorMessage: stage.errorMessage ?? null,
+    metadata: stage.metadata,
+  };
+}
+
+// Built field by field, so that a field added to the job document is never shown by accident.
+export function progressView(job: JobView): JobProgress {
+  const totals = job.stages.flatMap((s) => (s.itemsTotal === undefined ? [] : [s.itemsTotal]));
+  const current = job.stages.find((s) => !STAGE_DONE.includes(s.status));
+  return {
+    jobId: job.jobId,
+    jobType: job.jobType,
+    status: job.status,
+    priority: job.priority,
+    progress: overallProgress(job),
+    currentStage: isTerminal(job.status) || !current ? null : current.name,
+    itemsTotal: totals.length ? sum(totals) : null,
+    itemsCompleted: sum(job.stages.map((s) => s.itemsCompleted)),
+    itemsFailed: sum(job.stages.map((s) => s.itemsFailed)),
+    errorMessage: job.errorMessage ?? null,
+    estimatedDurationMinutes: job.estimatedDurationMinutes ?? null,
+    createdAt: job.createdAt,
+    updatedAt: job.updatedAt,
+    startedAt: job.startedAt ?? null,
+    completedAt: job.completedAt ?? null,
+    stages: job.stages.map(stageProgressView),
+    exports: job.exports.map((e) => ({
+      exportId: e.exportId,
+      format: e.format,
+      filename: e.filename,
+      contentType: e.contentType,
+      sizeBytes: e.sizeBytes,
+      sha256: e.sha256,
+      createdAt: e.createdAt,
+      expiresAt: e.expiresAt,
+    })),
+  };
+}
+
+// The service's user id of the signed-in caller: the identity's subject (the `sub` claim of
+// the provider's JWT). Null when the request carries no valid token.
+async function callerUserId(ctx: QueryCtx): Promise<string | null> {
+  const identity = await ctx.auth.getUserIdentity();
+  return identity?.subject || null;
+}
+
+export async function myJob(ctx: QueryCtx, args: { jobId: string }): Promise<JobProgress | null> {
+  const userId = await callerUserId(ctx);
+  if (userId === null) return null;
+  const job = await ctx.db
+    .query("bulkJobs")
+    .withIndex("by_jobId", (q) => q.eq("jobId", args.jobId))
+    .unique();
+  // Someone else's job reads as missing, so that job ids cannot be probed.
+  if (!job || job.userId !== userId) return null;
+  return progressView(await jobView(ctx, job));
+}
+
+export async function myJobs(ctx: QueryCtx, args: { limit?: number }): Promise<JobProgress[]> {
+  const userId = await callerUserId(ctx);
+  if (userId === null) return [];
+  const wanted = Number.isFinite(args.limit) ? Math.floor(args.limit!) : DEFAULT_BROWSER_PAGE;
+  const newest = await ctx.db
+    .query("bulkJobs")
+    .withIndex("by_userId_and_createdAt", (q) => q.eq("userId", userId))
+    .order("desc")
+    .take(Math.max(1, Math.min(wanted, MAX_BROWSER_PAGE)));
+  return Promise.all(newest.map(async (job) => progressView(await jobView(ctx, job))));
 }
 
 // -- jobs ----------------------------------------------------------------------------------

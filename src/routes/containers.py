@@ -6,10 +6,10 @@ container jobs may not run on the local executor, which isolates nothing.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from src.routes.deps import AdminUser, CurrentUser
 from src.services.containers.models import (
@@ -184,8 +184,23 @@ class HostCreate(BaseModel):
     cost_per_job: float | None = Field(None, ge=0)
 
 
-class HostUpdate(BaseModel):
+class _Patch(BaseModel):
+    """A partial update: absent fields stay as they are; null only where a field may be
+    empty (NULLABLE)."""
+
     model_config = ConfigDict(extra="forbid")
+    NULLABLE: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> _Patch:
+        for name in self.model_fields_set:
+            if getattr(self, name) is None and name not in self.NULLABLE:
+                raise ValueError(f"{name} may not be null")
+        return self
+
+
+class HostUpdate(_Patch):
+    NULLABLE = frozenset({"cost_per_hour", "cost_per_job"})
 
     name: Name | None = None
     connection_string: str | None = Field(None, max_length=500)
@@ -253,8 +268,7 @@ class TemplateCreate(BaseModel):
     supported_executors: list[ExecutorType] = Field(default_factory=list, max_length=6)
 
 
-class TemplateUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TemplateUpdate(_Patch):
 
     name: Name | None = None
     description: str | None = Field(None, max_length=2000)

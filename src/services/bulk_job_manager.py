@@ -14,11 +14,12 @@ import shutil
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import orjson
 
 from src.config import Settings, get_settings
+from src.services import metrics
 from src.services.domain import (
     BulkJobStage,
     BulkJobStatus,
@@ -31,7 +32,7 @@ from src.services.domain import (
     RateLimit,
     utcnow,
 )
-from src.services.errors import Conflict, InvalidInput, JobCancelled, NotFound
+from src.services.errors import Conflict, InvalidInput, JobCancelled, NotFound, RateLimited
 from src.services.exports import file_extension, write_export
 from src.services.progress import ProgressWriter
 from src.services.reports import JobReport, job_report
@@ -63,6 +64,12 @@ def validate_stages(stages: list[BulkJobStage] | list[str]) -> list[str]:
     return names
 
 
+class JobEventHook(Protocol):
+    """Told that a job changed (event: created, status, stage, export); the SSE streams use it."""
+
+    async def __call__(self, job_id: str, event: str) -> None: ...
+
+
 class BulkJobManager:
     """Creates, drives and reports on bulk jobs. One instance per process is enough."""
 
@@ -72,6 +79,8 @@ class BulkJobManager:
         self._owns_store = store is None
         self._progress: ProgressWriter | None = None
         self._open_lock = asyncio.Lock()
+        #: Awaited after each job write made through this manager; progress writes excepted.
+        self.on_job_event: JobEventHook | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -107,6 +116,13 @@ class BulkJobManager:
             await self._store.aclose()
             self._store = None
 
+    async def _job_event(self, job_id: str, event: str) -> None:
+        if self.on_job_event is not None:
+            try:
+                await self.on_job_event(job_id, event)
+            except Exception:  # a listener's failure must not fail the job
+                log.warning("job event hook failed", exc_info=True)
+
     # -- jobs ------------------------------------------------------------------------------
 
     async def create_bulk_job(
@@ -134,8 +150,13 @@ class BulkJobManager:
             max_jobs=self.settings.bulk_rate_limit_max_jobs,
             window_s=self.settings.rate_limit_window_s,
         )
-        job_id = await (await self.store()).create(new, limit)
+        try:
+            job_id = await (await self.store()).create(new, limit)
+        except RateLimited:
+            metrics.RATE_LIMITED.inc()
+            raise
         log.info("job created", extra={"job_id": job_id, "user_id": user_id})
+        await self._job_event(job_id, "created")
         return job_id
 
     def check_job_data(self, job_data: dict[str, Any]) -> None:
@@ -157,6 +178,7 @@ class BulkJobManager:
         """Move the job to `status`, merging `updates` into its results."""
         store = await self.store()
         await store.update_status(job_id, BulkJobStatus(status), updates, error_message)
+        await self._job_event(job_id, "status")
 
     async def get_job(self, job_id: str) -> Job | None:
         return await (await self.store()).get_job(job_id)
@@ -200,6 +222,7 @@ class BulkJobManager:
         if items_total is not None and items_total < 0:
             raise InvalidInput("items_total", "must not be negative")
         await (await self.store()).start_stage(job_id, str(stage), items_total)
+        await self._job_event(job_id, "stage")
 
     async def update_stage_progress(
         self,
@@ -236,6 +259,7 @@ class BulkJobManager:
         await (await self.store()).complete_stage(
             job_id, str(stage), items_completed, items_failed, metadata
         )
+        await self._job_event(job_id, "stage")
 
     async def fail_stage(
         self,
@@ -248,6 +272,7 @@ class BulkJobManager:
         await writer.flush(job_id, str(stage))
         writer.discard(job_id, str(stage))
         await (await self.store()).fail_stage(job_id, str(stage), error_message, metadata)
+        await self._job_event(job_id, "stage")
 
     async def process_job_with_stages(
         self, job_id: str, stage_processors: Mapping[BulkJobStage | str, Any]
@@ -301,6 +326,9 @@ class BulkJobManager:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+        metrics.EXPORTS.labels(export_format).inc()
+        metrics.EXPORT_BYTES.labels(export_format).inc(written.size_bytes)
+        await self._job_event(job_id, "export")
         return export_id
 
     async def get_export_info(self, export_id: str) -> Export | None:

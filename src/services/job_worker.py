@@ -13,6 +13,7 @@ import os
 import secrets
 import socket
 
+from src.services import metrics
 from src.services.bulk_job_manager import BulkJobManager
 from src.services.domain import Job
 from src.services.errors import StoreUnavailable
@@ -60,6 +61,7 @@ class JobWorker:
             return 0
         store = await self.manager.store()
         jobs = await store.claim(self.owner, self.runner.lease_s, self.registry.names(), free)
+        metrics.CLAIMS.labels("bulk_job").inc(len(jobs))
         for job in jobs:
             self._start(job)
         return len(jobs)

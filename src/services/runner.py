@@ -18,11 +18,14 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
 
+from src.services import metrics
 from src.services.domain import (
     BulkJobStage,
     BulkJobStatus,
     Job,
+    Stage,
     StageStatus,
+    utcnow,
 )
 from src.services.errors import BulkJobError, Conflict, JobCancelled, StoreUnavailable
 
@@ -192,7 +195,7 @@ class JobRunner:
                 await self._run_stage(job, stage.name, processors.get(stage.name))
             await self.manager.update_job_status(job.id, BulkJobStatus.COMPLETED)
         except JobCancelled:
-            log.info("job %s cancelled", job.id)
+            log.info("job %s cancelled", job.id, extra={"job_id": job.id, "user_id": job.user_id})
         except _StageFailed as exc:
             await self._fail_job(job.id, str(exc))
 
@@ -206,7 +209,13 @@ class JobRunner:
         except (JobCancelled, asyncio.CancelledError):
             raise
         except Exception as exc:
-            log.warning("stage %s of job %s raised", stage, job.id, exc_info=True)
+            log.warning(
+                "stage %s of job %s raised",
+                stage,
+                job.id,
+                exc_info=True,
+                extra={"job_id": job.id, "stage": stage, "user_id": job.user_id},
+            )
             await self._record_stage_failure(job.id, stage, exc)
             raise _StageFailed(stage, f"{type(exc).__name__}: {exc}") from exc
         if output is not None:
@@ -235,6 +244,8 @@ class JobRunner:
         current = job.stage(stage) if job else None
         if current is None or current.status == StageStatus.PROCESSING:
             await self.manager.complete_stage(job_id, stage)
+            if job is not None and current is not None:
+                _observe_stage(job.job_type, current)
         elif current.status == StageStatus.FAILED:
             raise _StageFailed(stage, current.error_message or "failed")
 
@@ -243,3 +254,12 @@ class JobRunner:
             await self.manager.update_job_status(
                 job_id, BulkJobStatus.FAILED, error_message=message
             )
+
+
+def _observe_stage(job_type: str, stage: Stage) -> None:
+    """Metrics for a stage this runner completed (counts as of its last progress write)."""
+    if stage.started_at is not None:
+        seconds = (utcnow() - stage.started_at).total_seconds()
+        metrics.STAGE_SECONDS.labels(job_type, stage.name).observe(max(0.0, seconds))
+    metrics.ITEMS.labels(job_type, stage.name, "completed").inc(stage.items_completed)
+    metrics.ITEMS.labels(job_type, stage.name, "failed").inc(stage.items_failed)

@@ -479,8 +479,7 @@ async def _settle(
     except BulkJobError as exc:
         log.warning("bulk create: batch %d of %d failed: %s", number, total, exc)
         errors.append(
-            f"batch {number} of {total} ({len(batch)} jobs) was not written:"
-            f" database error: {exc}"
+            f"batch {number} of {total} ({len(batch)} jobs) was not written: database error: {exc}"
         )
         return
     created.extend(batch)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from src.config import Settings
+from src.services import metrics
 from src.services.containers.executors.base import ContainerExecutor, HarvestResult
 from src.services.containers.executors.errors import ExecutorError
 from src.services.containers.models import ContainerJob, ContainerJobStatus
@@ -82,6 +83,7 @@ class ContainerProcessor:
             return 0
         store = await self.service.store()
         jobs = await store.container_claim(self.owner, self.lease_s, free)
+        metrics.CLAIMS.labels("container_job").inc(len(jobs))
         for job in jobs:
             task = asyncio.create_task(self.process(job), name=f"container-{job.id}")
             self._running.add(task)
@@ -228,10 +230,10 @@ class ContainerProcessor:
     async def _launch_failed(self, job: ContainerJob, exc: ExecutorError) -> ContainerJob:
         message = f"launch failed: {exc}"
         if exc.transient and job.retry_count < job.max_retries:
-            log.warning("container job %s: %s; retrying", job.id, message)
+            log.warning("container job %s: %s; retrying", job.id, message, extra=_context(job))
             fields = {"retry_count": job.retry_count + 1, "status_message": message}
             return await self._transition(job, S.RETRYING, fields)
-        log.warning("container job %s: %s", job.id, message)
+        log.warning("container job %s: %s", job.id, message, extra=_context(job))
         return await self._transition(job, S.FAILED, {"status_message": message})
 
     def _backoff(self, attempt: int) -> float:
@@ -263,7 +265,9 @@ class ContainerProcessor:
             if status.state != "running":
                 return False
             if time.time() > deadline:
-                log.warning("container job %s overran its timeout; stopping it", job.id)
+                log.warning(
+                    "container job %s overran its timeout; stopping it", job.id, extra=_context(job)
+                )
                 await executor.cleanup(execution_id)
                 return True
             await self._pause(executor, execution_id, delay)
@@ -294,6 +298,7 @@ class ContainerProcessor:
         # One report per launch: a retried write after a lost reply is applied once.
         report_id = f"{job.id}:{job.get_execution_identifier()}:final"
         await self._transition(job, ContainerJobStatus(result.status), fields, report_id)
+        metrics.CONTAINER_JOBS_FINISHED.labels(job.executor_type, result.status).inc()
 
     async def _transition(
         self,
@@ -328,6 +333,11 @@ class ContainerProcessor:
 def _deadline(job: ContainerJob) -> float:
     started = (job.started_at or utcnow()).timestamp()
     return started + job.timeout_seconds + TIMEOUT_GRACE_S
+
+
+def _context(job: ContainerJob) -> dict[str, Any]:
+    """Log fields for a container job (see src/services/logs.py)."""
+    return {"job_id": job.id, "host_id": job.host_id, "user_id": job.created_by}
 
 
 def container_processor(

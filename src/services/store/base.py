@@ -121,10 +121,10 @@ class Store(Protocol):
     # (lease expiry set in the past), a finished one keeps no lease.
     async def release(self, job_id: str, owner: str) -> None: ...
 
-    # bulkJobs:getJob
+    # bulkJobs:getJobInternal
     async def get_job(self, job_id: str) -> Job | None: ...
 
-    # bulkJobs:getUserJobs -- newest first, at most `limit` (<= MAX_PAGE).
+    # bulkJobs:getUserJobsInternal -- newest first, at most `limit` (<= MAX_PAGE).
     async def get_user_jobs(
         self,
         user_id: str,

@@ -45,6 +45,7 @@ from src.services.errors import (
     StoreRateLimited,
     StoreUnavailable,
 )
+from src.services.metrics import StoreTimer
 from src.services.store.base import MAX_PAGE
 from src.services.store.convex_containers import ConvexContainerOps
 from src.services.store.convex_work import ConvexWorkOps
@@ -196,7 +197,8 @@ class ConvexStore(ConvexContainerOps, ConvexWorkOps):
         payload = {"path": path, "args": _present(args), "format": "json"}
         for attempt in range(self._retries + 1):
             try:
-                response = await self._send(kind, payload)
+                with StoreTimer("convex", path):
+                    response = await self._send(kind, payload)
             except httpx.TransportError as exc:
                 problem: str = f"{type(exc).__name__}: {exc}"
                 delay = _backoff(attempt)
@@ -400,7 +402,7 @@ class ConvexStore(ConvexContainerOps, ConvexWorkOps):
         await self._call("mutation", "bulkJobs:release", {"jobId": job_id, "owner": owner})
 
     async def get_job(self, job_id: str) -> Job | None:
-        doc = await self._call("query", "bulkJobs:getJob", {"jobId": job_id})
+        doc = await self._call("query", "bulkJobs:getJobInternal", {"jobId": job_id})
         return None if doc is None else _job(doc)
 
     async def get_user_jobs(
@@ -416,7 +418,8 @@ class ConvexStore(ConvexContainerOps, ConvexWorkOps):
             "jobType": job_type,
             "limit": max(1, min(limit, MAX_PAGE)),
         }
-        return [_job(doc) for doc in await self._call("query", "bulkJobs:getUserJobs", args)]
+        docs = await self._call("query", "bulkJobs:getUserJobsInternal", args)
+        return [_job(doc) for doc in docs]
 
     async def get_user_recent_jobs(self, user_id: str, window_s: float) -> list[Job]:
         args = {"userId": user_id, "windowMs": window_s * 1000}

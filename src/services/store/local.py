@@ -39,6 +39,7 @@ from src.services.domain import (
     to_datetime,
 )
 from src.services.errors import Conflict, NotFound, RateLimited, StoreUnavailable
+from src.services.metrics import StoreTimer
 from src.services.store.base import MAX_PAGE
 from src.services.store.local_containers import (
     CONTAINER_SCHEMA,
@@ -181,7 +182,10 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
             raise StoreUnavailable("the store is closed")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, partial(self._transaction, fn, *args))
+            with StoreTimer("local", _operation(fn)):
+                return await loop.run_in_executor(
+                    self._executor, partial(self._transaction, fn, *args)
+                )
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite: {exc}") from exc
 
@@ -764,3 +768,8 @@ def _job_from_rows(row: sqlite3.Row, stages: list[sqlite3.Row], exports: list[sq
         stages=[_stage_from_row(stage) for stage in stages],
         exports=[_export_from_row(export) for export in exports],
     )
+
+
+def _operation(fn: Callable[..., Any]) -> str:
+    """A store operation's name for metrics: its function's name without the underscore."""
+    return getattr(fn, "__name__", "operation").lstrip("_")

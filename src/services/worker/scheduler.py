@@ -27,6 +27,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, fields
 from typing import Any
 
+from src.services import metrics
 from src.services.errors import BulkJobError, RateLimited, StoreAuthError, StoreUnavailable
 from src.services.store.base import WorkStore
 from src.services.worker.models import MAX_WORK_BATCH, ReportAck, WorkItem, WorkReport
@@ -151,6 +152,8 @@ class Scheduler:
                 self._spawn(self._run_claim(claim), f"{claim.operation}-{claim.item_id}")
                 started += 1
         self.stats.claimed += started
+        metrics.CLAIMS.labels("scheduler").inc(started)
+        metrics.OUTBOX_DEPTH.set(len(self.outbox))
         return started
 
     async def flush_outbox(self) -> int:
