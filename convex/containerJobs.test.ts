@@ -450,6 +450,24 @@ describe("hosts", () => {
   });
 });
 
+describe("host counts", () => {
+  test("adjustCount moves by one within 0..maxConcurrentJobs", async () => {
+    const t = setup();
+    await t.mutation(internal.executorHosts.create, {
+      host: { ...newHost(), maxConcurrentJobs: 2 },
+    });
+    const adjust = async (delta: 1 | -1) =>
+      (await t.mutation(internal.executorHosts.adjustCount, { hostId: "h1", delta }))
+        .currentJobCount;
+    expect([await adjust(1), await adjust(1), await adjust(1)]).toEqual([1, 2, 2]);
+    expect([await adjust(-1), await adjust(-1), await adjust(-1)]).toEqual([1, 0, 0]);
+    await expectCode(
+      t.mutation(internal.executorHosts.adjustCount, { hostId: "nope", delta: 1 }),
+      "NOT_FOUND",
+    );
+  });
+});
+
 describe("templates", () => {
   const template = (templateId: string, name: string) => ({
     templateId,

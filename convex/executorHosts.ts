@@ -99,6 +99,19 @@ export const recordHealth = internalMutation({
   },
 });
 
+// Moves currentJobCount by +1 or -1 in one transaction (ExecutorHost.increment_job_count /
+// decrement_job_count): an increment stops at maxConcurrentJobs, a decrement at 0.
+export const adjustCount = internalMutation({
+  args: { hostId: v.string(), delta: v.union(v.literal(1), v.literal(-1)) },
+  returns: hostView,
+  handler: async (ctx, { hostId, delta }) => {
+    const host = await mustGet(ctx, hostId);
+    const count = host.currentJobCount + delta;
+    if (count < 0 || count > host.maxConcurrentJobs) return toHostView(host);
+    return patchHost(ctx, host, { currentJobCount: count, updatedAt: Date.now() });
+  },
+});
+
 // Inserts `host` (the service's default `local` host) when no host exists yet, so that local
 // container jobs need no set-up. The service passes the document so its defaults live in
 // one place (models.py). Returns whether it was inserted.

@@ -337,6 +337,18 @@ async def test_host_health(cstore: ContainerStore) -> None:
         await cstore.host_record_health("nope", True)
 
 
+async def test_host_count_moves_atomically_within_bounds(cstore: ContainerStore) -> None:
+    await cstore.host_create(host(max_concurrent_jobs=2))
+    counts = [(await cstore.host_adjust_count("h1", +1)).current_job_count for _ in range(3)]
+    assert counts == [1, 2, 2]  # stops at max_concurrent_jobs
+    counts = [(await cstore.host_adjust_count("h1", -1)).current_job_count for _ in range(3)]
+    assert counts == [1, 0, 0]  # stops at 0
+    await asyncio.gather(*(cstore.host_adjust_count("h1", +1) for _ in range(5)))
+    assert await count(cstore) == 2  # concurrent increments never pass the maximum
+    with pytest.raises(NotFound):
+        await cstore.host_adjust_count("nope", +1)
+
+
 # -- templates -------------------------------------------------------------------------------
 
 

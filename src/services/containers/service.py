@@ -257,6 +257,14 @@ class ContainerJobService:
             raise invalid_input(exc) from None
         return await store.host_update(host_id, fields)
 
+    async def increment_job_count(self, host_id: str) -> ExecutorHost:
+        """Take a slot on the host atomically (no-op when full); returns the host."""
+        return await (await self.store()).host_adjust_count(host_id, +1)
+
+    async def decrement_job_count(self, host_id: str) -> ExecutorHost:
+        """Give a slot back atomically (no-op at 0); returns the host."""
+        return await (await self.store()).host_adjust_count(host_id, -1)
+
     async def check_host_health(self, host_id: str) -> dict[str, Any]:
         """Ask the host's executor; record the outcome (3 failures in a row: unavailable)."""
         store = await self.store()

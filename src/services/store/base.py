@@ -241,6 +241,11 @@ class ContainerStore(Protocol):
 
     async def host_record_health(self, host_id: str, healthy: bool) -> ExecutorHost: ...
 
+    # executorHosts:adjustCount -- +1 (stops at max_concurrent_jobs) or -1 (stops at 0), in
+    # one transaction. Job transitions move counts themselves; this is for callers that
+    # hold slots by hand (ExecutorHost.increment_job_count / decrement_job_count).
+    async def host_adjust_count(self, host_id: str, delta: int) -> ExecutorHost: ...
+
     # envTemplates:*
     async def template_create(self, template: EnvironmentVariableTemplate) -> None: ...
 

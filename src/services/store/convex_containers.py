@@ -233,6 +233,10 @@ class ConvexContainerOps:
         docs = await self._call("query", "executorHosts:list", {"activeOnly": active_only})
         return [HOSTS.from_doc(doc) for doc in docs]
 
+    async def host_adjust_count(self, host_id: str, delta: int) -> ExecutorHost:
+        args = {"hostId": host_id, "delta": 1 if delta > 0 else -1}
+        return HOSTS.from_doc(await self._call("mutation", "executorHosts:adjustCount", args))
+
     async def host_record_health(self, host_id: str, healthy: bool) -> ExecutorHost:
         args = {"hostId": host_id, "healthy": healthy}
         return HOSTS.from_doc(await self._call("mutation", "executorHosts:recordHealth", args))

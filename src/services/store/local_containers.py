@@ -279,6 +279,9 @@ class LocalContainerOps:
         hosts = [ExecutorHost.model_validate_json(doc) for doc in docs]
         return [host for host in hosts if host.is_active or not active_only]
 
+    async def host_adjust_count(self, host_id: str, delta: int) -> ExecutorHost:
+        return await self._run(_adjust_count, host_id, 1 if delta > 0 else -1)
+
     async def host_record_health(self, host_id: str, healthy: bool) -> ExecutorHost:
         return await self._run(_record_health, host_id, healthy)
 
@@ -483,6 +486,15 @@ def _update_host(conn: sqlite3.Connection, host_id: str, fields: dict[str, Any])
     except sqlite3.IntegrityError:
         raise Conflict(f"a host named {updated.name!r} already exists") from None
     return updated
+
+
+def _adjust_count(conn: sqlite3.Connection, host_id: str, delta: int) -> ExecutorHost:
+    host = _load_host(conn, host_id)
+    count = host.current_job_count + delta
+    if 0 <= count <= host.max_concurrent_jobs:
+        host.current_job_count = count
+        _save_host(conn, host)
+    return host
 
 
 def _record_health(conn: sqlite3.Connection, host_id: str, healthy: bool) -> ExecutorHost:
