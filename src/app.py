@@ -11,15 +11,16 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 
 from src.config import Settings
-from src.routes import bulk_jobs, containers, health
+from src.middleware import HardeningMiddleware
+from src.routes import bulk_jobs, container_bulk, containers, events, health, web
 from src.services.auth import TokenCache
 from src.services.bulk_job_manager import BulkJobManager, bulk_job_manager
 from src.services.containers.executors.errors import ExecutorError
@@ -35,13 +36,12 @@ from src.services.errors import (
     RateLimited,
     StoreUnavailable,
 )
+from src.services.events import JobEventHub
 from src.services.job_types import job_types
 from src.services.job_types.registry import JobTypeRegistry
 from src.services.job_worker import JobWorker
 
 log = logging.getLogger(__name__)
-
-WEB_DIR = Path(__file__).parent / "web"
 
 STATUS_BY_ERROR: list[tuple[type[BulkJobError], int]] = [
     (NotFound, 404),
@@ -107,9 +107,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.worker = worker
     for task in tasks:
         task.add_done_callback(_watch_background)
+    app.state.events.start()
     try:
         yield
     finally:
+        await app.state.events.aclose()
         if worker is not None:
             await worker.aclose()
         if processor is not None:
@@ -142,14 +144,35 @@ def create_app(
     app.state.worker = None
     app.state.containers = ContainerJobService(manager)
     app.state.token_cache = TokenCache()
+    app.state.events = JobEventHub(manager.store)
+    manager.on_job_event = app.state.events.on_job_event
     app.add_exception_handler(BulkJobError, handle_service_error)
     app.include_router(health.router)
+    app.include_router(events.router)  # before bulk_jobs: /bulk-jobs/events is not a job id
     app.include_router(bulk_jobs.router)
+    # Before containers.router: /container-jobs/bulk/... must not match /container-jobs/{id}.
+    app.include_router(container_bulk.router)
     app.include_router(containers.router)
     app.include_router(containers.admin_router)
-    app.add_api_route("/", _index, include_in_schema=False)
+    app.include_router(web.router)
+    app.include_router(health.metrics_router)
+    _add_middleware(app, manager.settings)
     app.openapi = lambda: security_openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    """Body limit and security headers on every request; CORS only when configured."""
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["Retry-After", "Content-Disposition"],
+            max_age=600,
+        )
+    app.add_middleware(HardeningMiddleware, max_body_bytes=settings.bulkjobs_max_body_bytes)
 
 
 def security_openapi(app: FastAPI) -> dict[str, Any]:
@@ -171,7 +194,3 @@ def security_openapi(app: FastAPI) -> dict[str, Any]:
                     operation["security"] = [{"bearer": []}]
         app.openapi_schema = schema
     return app.openapi_schema
-
-
-async def _index() -> FileResponse:
-    return FileResponse(WEB_DIR / "index.html", media_type="text/html")

@@ -269,7 +269,6 @@ class TemplateCreate(BaseModel):
 
 
 class TemplateUpdate(_Patch):
-
     name: Name | None = None
     description: str | None = Field(None, max_length=2000)
     environment_variables_text: str | None = Field(None, max_length=100_000)
