@@ -6,22 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
+from src.cli_common import err, out, settings_or_exit, with_manager
 from src.cli_containers import containers_app
-from src.config import ConfigError, Settings, get_settings
 from src.services.auth import create_api_token
 from src.services.bulk_job_manager import BulkJobManager
 from src.services.containers.processor import container_processor
 from src.services.containers.service import ContainerJobService
-from src.services.errors import BulkJobError
 from src.services.job_types import job_types
 from src.services.logs import configure_logging
 from src.services.reports import JobReport
@@ -37,36 +34,8 @@ app.add_typer(token_app, name="token")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(containers_app, name="containers")
 
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except ConfigError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-
-
-def _with_manager(fn: Callable[[BulkJobManager], Awaitable[T]]) -> T:
-    """Run `fn` with a manager on the configured store, closing it afterwards."""
-
-    async def main() -> T:
-        manager = BulkJobManager(_settings())
-        try:
-            return await fn(manager)
-        finally:
-            await manager.aclose()
-
-    try:
-        return asyncio.run(main())
-    except ConfigError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    except BulkJobError as exc:
-        err.print(f"[red]{type(exc).__name__}: {exc}[/red]")
-        raise typer.Exit(1) from None
+_settings = settings_or_exit
+_with_manager = with_manager
 
 
 async def _bootstrap_admin(manager: BulkJobManager) -> str | None:

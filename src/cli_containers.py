@@ -6,16 +6,14 @@ A command exits 1 when any job was not changed, after listing each one and why.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
 
-from src.config import ConfigError, Settings, get_settings
+from src.cli_common import err, out, with_manager
 from src.services.bulk_job_manager import BulkJobManager
 from src.services.containers.bulk_operations import (
     MAX_BULK_CREATION_LIMIT,
@@ -24,14 +22,10 @@ from src.services.containers.bulk_operations import (
 )
 from src.services.containers.models import ContainerJobStatus
 from src.services.containers.service import ContainerJobService
-from src.services.errors import BulkJobError
 
 T = TypeVar("T")
 
 containers_app = typer.Typer(help="Bulk operations on container jobs.", no_args_is_help=True)
-
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
 
 Ids = Annotated[list[str] | None, typer.Argument(help="Container job ids", show_default=False)]
 IdsFile = Annotated[
@@ -39,34 +33,17 @@ IdsFile = Annotated[
 ]
 
 
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except ConfigError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-
-
 def _with_bulk(fn: Callable[[ContainerBulkOperations], Awaitable[T]]) -> T:
     """Run `fn` with bulk operations on the configured store, closing it afterwards."""
 
-    async def main() -> T:
-        manager = BulkJobManager(_settings())
+    async def run(manager: BulkJobManager) -> T:
         service = ContainerJobService(manager)
         try:
             return await fn(ContainerBulkOperations(service))
         finally:
             await service.aclose()
-            await manager.aclose()
 
-    try:
-        return asyncio.run(main())
-    except ConfigError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    except BulkJobError as exc:
-        err.print(f"[red]{type(exc).__name__}: {exc}[/red]")
-        raise typer.Exit(1) from None
+    return with_manager(run)
 
 
 def _ids(ids: list[str] | None, ids_file: Path | None) -> list[str]:
