@@ -163,7 +163,10 @@ class BulkJobManager:
         """InvalidInput unless job_data is an object within BULK_MAX_JOB_DATA_BYTES."""
         if not isinstance(job_data, dict):
             raise InvalidInput("job_data", "must be an object")
-        size = len(orjson.dumps(job_data, default=str))
+        try:
+            size = len(orjson.dumps(job_data, default=str))
+        except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
+            raise InvalidInput("job_data", f"cannot be stored: {exc}") from None
         if size > self.settings.bulk_max_job_data_bytes:
             limit = self.settings.bulk_max_job_data_bytes
             raise InvalidInput("job_data", f"is {size} bytes; the limit is {limit} bytes")

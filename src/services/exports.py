@@ -83,7 +83,7 @@ def write_export(fmt: ExportFormat, data: Any, path: Path, max_bytes: int) -> Wr
     try:
         with partial.open("wb") as raw:
             capped = _CappedFile(raw, max_bytes)
-            writer(data, capped)
+            _write_checked(writer, data, capped)
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(partial, path)
@@ -91,6 +91,18 @@ def write_export(fmt: ExportFormat, data: Any, path: Path, max_bytes: int) -> Wr
         partial.unlink(missing_ok=True)
         raise
     return WrittenExport(capped.size, capped.digest.hexdigest(), CONTENT_TYPES[fmt])
+
+
+def _write_checked(writer: Any, data: Any, out: _CappedFile) -> None:
+    """Values the formats cannot hold (integers beyond 64 bits, say) are bad input."""
+    import pyarrow as pa
+
+    try:
+        writer(data, out)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidInput("data", f"cannot be written: {exc}") from None
+    except (pa.ArrowException, OverflowError) as exc:
+        raise InvalidInput("data", f"cannot be written as CSV: {exc}") from None
 
 
 def _is_stream(data: Any) -> bool:

@@ -183,3 +183,10 @@ def test_json_logs_carry_context_and_never_secrets(
     entry = orjson.loads(line)
     assert entry["job_id"] == "j1" and entry["stage"] == "s" and entry["level"] == "WARNING"
     assert "sup3rs3cr3t" not in line
+
+
+async def test_job_data_a_store_cannot_hold_is_422(api: Api) -> None:
+    body = {"job_type": "sample", "job_data": {"items": 1, "huge": -(2**63) - 1}}
+    response = await api.client.post("/bulk-jobs", json=body, headers=api.alice)
+    assert response.status_code == 422
+    assert response.json()["field"] == "job_data"

@@ -132,3 +132,20 @@ def test_generators_are_streamed(tmp_path: Path, fmt: str) -> None:
     streamed = _peak_of(lambda: write_export(fmt, _rows(200_000), path, 1 << 30))
     assert path.stat().st_size > 5_000_000
     assert streamed < materialized / 3
+
+
+@pytest.mark.parametrize(
+    ("fmt", "data"),
+    [
+        ("json", [{"a": 2**70}]),
+        ("csv", [{"a": 2**70}]),
+        ("csv", [{"a": {"b": [1, {"c": -(2**65)}]}}]),
+        ("zip", {"m.json": {"a": 2**70}}),
+    ],
+)
+def test_values_a_format_cannot_hold_are_bad_input(tmp_path: Path, fmt: str, data: Any) -> None:
+    path = tmp_path / f"out.{fmt}"
+    with pytest.raises(InvalidInput) as raised:
+        write_export(fmt, data, path, 10_000)  # type: ignore[arg-type]
+    assert raised.value.field == "data"
+    assert list(tmp_path.iterdir()) == []  # nothing half-written stays

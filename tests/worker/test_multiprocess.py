@@ -173,7 +173,9 @@ async def wait_for(check: Any, limit_s: float = 30) -> None:
 
 
 async def test_three_workers_split_2000_items(setup: Setup) -> None:
-    ids = await enqueue(setup.store, 2000)
+    # 50 ms an item at 20 at once: one worker alone would need 5 s, so the others (which
+    # take about a second to start) get a share however the processes are scheduled.
+    ids = await enqueue(setup.store, 2000, sleep=0.05)
     workers = [
         await start(
             setup,
@@ -186,7 +188,7 @@ async def test_three_workers_split_2000_items(setup: Setup) -> None:
             "--name",
             f"w{n}",
             "--concurrency",
-            "50",
+            "20",
             "--batch-size",
             "100",
             "--poll-interval",
