@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from src.routes.deps import AdminUser, CurrentUser
@@ -130,7 +130,12 @@ async def create_jobs(
 @router.post("/status", response_model=BulkResult)
 async def change_status(body: StatusChange, user: CurrentUser, ops: BulkOps) -> BulkResult:
     """Apply a status to each job where the status table allows it; cancelling running
-    jobs stops their containers."""
+    jobs stops their containers. Other statuses belong to the processor: only admins may
+    set them (to repair a job by hand); a job's owner may cancel it."""
+    if not user.is_admin and body.status != ContainerJobStatus.CANCELLED:
+        raise HTTPException(
+            status_code=403, detail="only admins may set a status other than cancelled"
+        )
     count, errors = await ops.bulk_update_job_status(
         body.job_ids, body.status, body.reason, owner=_owner(user)
     )

@@ -350,3 +350,109 @@ async def test_container_batch_of_10_docker_items(api: Api, docker_url: str) -> 
     assert [row["status"] for row in rows].count("failed") == 1
     assert rows[7]["exit_code"] == 9
     assert rows[3]["output"] == {"square": 9}
+
+
+async def test_non_admins_cannot_reach_past_isolation(api: Api) -> None:
+    await api.client.post(
+        "/hosts", json={"name": "sim", "executor_type": "mock"}, headers=api.admin
+    )
+    await api.client.post(
+        "/templates",
+        json={"name": "prod", "environment_variables_text": "DB_PASSWORD=x\n"},
+        headers=api.admin,
+    )
+    attempts = [
+        {"image": "img", "host": "sim", "network_configuration": [{"network_name": "host"}]},
+        {"image": "img", "host": "sim", "network_configuration": [{"network_name": "container:x"}]},
+        {"image": "img", "host": "sim", "network_configuration": [{"network_name": "backend"}]},
+        {"image": "img", "host": "sim", "environment_template": "prod"},
+    ]
+    for body in attempts:
+        response = await api.client.post("/container-jobs", json=body, headers=api.alice)
+        assert response.status_code == 403, (body, response.text)
+    allowed = await api.client.post(
+        "/container-jobs",
+        json={"image": "img", "host": "sim", "network_configuration": [{"network_name": "none"}]},
+        headers=api.alice,
+    )
+    assert allowed.status_code == 201
+
+
+async def test_non_admins_may_only_cancel_in_bulk(api: Api) -> None:
+    await api.client.post(
+        "/hosts", json={"name": "sim", "executor_type": "mock"}, headers=api.admin
+    )
+    created = await api.client.post(
+        "/container-jobs",
+        json={"image": "img", "command": "sleep 30", "host": "sim"},
+        headers=api.alice,
+    )
+    job_id = created.json()["id"]
+    running = await api.client.post(
+        "/container-jobs/bulk/status",
+        json={"job_ids": [job_id], "status": "running"},
+        headers=api.alice,
+    )
+    assert running.status_code == 403
+    cancelled = await api.client.post(
+        "/container-jobs/bulk/status",
+        json={"job_ids": [job_id], "status": "cancelled"},
+        headers=api.alice,
+    )
+    assert cancelled.status_code == 200 and cancelled.json()["count"] == 1
+
+
+async def test_patching_a_redacted_config_keeps_the_secret(api: Api) -> None:
+    created = await api.client.post(
+        "/hosts",
+        json={
+            "name": "cloud",
+            "executor_type": "mock",
+            "executor_config": {"region": "eu", "secret_key": "s3cr3t"},
+        },
+        headers=api.admin,
+    )
+    host = created.json()
+    config = host["executor_config"] | {"region": "us"}  # as read: secret_key is ***
+    patched = await api.client.patch(
+        f"/hosts/{host['id']}", json={"executor_config": config}, headers=api.admin
+    )
+    assert patched.json()["executor_config"] == {"region": "us", "secret_key": "***"}
+    store = await api.app.state.containers.store()
+    stored = await store.host_get(host["id"])
+    assert stored.executor_config["secret_key"] == "s3cr3t"
+
+
+async def test_a_non_admin_batch_never_lands_on_an_unisolated_host(api: Api) -> None:
+    sandbox = await api.client.post(
+        "/hosts",
+        json={
+            "name": "sandbox",
+            "executor_type": "local",
+            "weight": 1,
+            "executor_config": {"allow_untrusted_jobs": True},
+        },
+        headers=api.admin,
+    )
+    response = await api.client.post(
+        "/bulk-jobs",
+        json={
+            "job_type": "container_batch",
+            "job_data": {
+                "image": "local",
+                "command": "true",
+                "items": [1, 2, 3],
+                "isolated_only": False,
+            },
+        },
+        headers=api.alice,
+    )
+    assert response.status_code == 202, response.text
+    job = await api.wait_for(response.json()["job_id"])
+    assert job["status"] == "completed", job
+    containers = (
+        await api.client.get(
+            "/container-jobs", params={"bulk_job_id": job["job_id"]}, headers=api.alice
+        )
+    ).json()
+    assert {c["host_id"] for c in containers} == {sandbox.json()["id"]}

@@ -115,11 +115,16 @@ class ContainerJobService:
 
         An untrusted caller (a non-admin over HTTP) cannot use a host that runs commands
         without isolation (the local executor) unless the host allows it."""
+        if not trusted and environment_template is not None:
+            # Templates hold shared secrets; only admins manage and use them.
+            raise PermissionDenied("only admins may use environment templates")
         template = await self._template(environment_template)
         overrides = _env_text(environment_vars)
         hosts = await self._candidate_hosts(host, executor_type)
         if not trusted:
             hosts = _isolated_only(hosts, pinned=host is not None)
+            for spec_fields in specs:
+                _check_networks(spec_fields.get("network_configuration") or [], hosts)
         jobs = []
         for spec_fields in specs:
             spec = _spec(spec_fields, overrides)
@@ -192,7 +197,8 @@ class ContainerJobService:
         cancelled = await store.container_transition(
             job.id, ContainerJobStatus.CANCELLED, {"status_message": message}
         )
-        if job.status in ACTIVE_STATUSES and job.get_execution_identifier():
+        # The job as written: it may have launched between the read and the cancel.
+        if cancelled.get_execution_identifier():
             await self.stop_container(cancelled)
         return True
 
@@ -251,6 +257,11 @@ class ContainerJobService:
         host = await store.host_get(host_id)
         if host is None:
             raise NotFound(f"executor host {host_id} not found")
+        if "executor_config" in fields:
+            # A config read back from GET /hosts carries *** for secrets: keep the stored ones.
+            fields["executor_config"] = _keep_redacted(
+                fields["executor_config"], host.executor_config
+            )
         try:
             ExecutorHost.model_validate(host.model_dump() | fields)
         except ValidationError as exc:
@@ -307,6 +318,12 @@ class ContainerJobService:
             return await (await self.store()).template_update(template_id, fields)
         except ValidationError as exc:
             raise invalid_input(exc) from None
+
+
+def _keep_redacted(new: Any, stored: Any) -> Any:
+    if isinstance(new, dict) and isinstance(stored, dict):
+        return {key: _keep_redacted(value, stored.get(key)) for key, value in new.items()}
+    return stored if new == "***" and stored is not None else new
 
 
 def _env_text(environment_vars: dict[str, str] | None) -> str:
@@ -384,6 +401,26 @@ def _isolated_only(hosts: list[ExecutorHost], pinned: bool) -> list[ExecutorHost
             " them -- choose a docker or cloud host"
         )
     return allowed
+
+
+#: Docker network modes that share another namespace: never for an untrusted caller.
+SHARED_NETWORK_MODES = ("host",)
+
+
+def _check_networks(networks: list[dict[str, Any]], hosts: list[ExecutorHost]) -> None:
+    """An untrusted caller's job may join only networks every candidate host lists in
+    executor_config.allowed_networks: `host` or `container:<id>` would reach past the
+    container's isolation."""
+    for net in networks:
+        name = str(net.get("network_name") or "")
+        if not name or name == "none":
+            continue
+        allowed = all(name in host.executor_config.get("allowed_networks", []) for host in hosts)
+        if name in SHARED_NETWORK_MODES or name.startswith("container:") or not allowed:
+            raise PermissionDenied(
+                f"network {name!r} is not in the host's allowed_networks; only admins may"
+                " choose other networks"
+            )
 
 
 def _not_full(hosts: list[ExecutorHost]) -> list[ExecutorHost]:

@@ -60,6 +60,9 @@ class ContainerBatchData(BaseModel):
     max_retries: int = Field(0, ge=0, le=10)
     environment: dict[str, str] = Field(default_factory=dict, max_length=100)
     export_format: Literal["csv", "json", "zip"] = "csv"
+    #: Set by the service for a non-admin's job (whatever the request said): its items
+    #: may only run on hosts that isolate them.
+    isolated_only: bool = False
 
 
 def validate(job_data: dict[str, Any]) -> dict[str, Any]:
@@ -93,13 +96,13 @@ def container_job_id(bulk_job_id: str, index: int) -> str:
 async def authorize(
     service: ContainerJobService, job_data: dict[str, Any], user: str, trusted: bool
 ) -> dict[str, Any]:
-    """For an untrusted (non-admin) caller: refuse hosts without isolation now, and pin the
-    executor type routing picked so the stage cannot land on one later."""
+    """For an untrusted (non-admin) caller: refuse hosts without isolation now, and mark the
+    job so its stages route only to isolated hosts too."""
     if trusted:
         return job_data
     data = ContainerBatchData.model_validate(job_data)
     (job,) = await _prepare(service, "check", data, [0], user, trusted=False)
-    return job_data | {"executor_type": job.executor_type}
+    return job_data | {"executor_type": job.executor_type, "isolated_only": True}
 
 
 async def initialize(ctx: StageContext) -> None:
@@ -236,6 +239,7 @@ async def _prepare(
     user: str,
     trusted: bool = True,
 ) -> list[ContainerJob]:
+    trusted = trusted and not data.isolated_only
     specs = [
         {
             "docker_image": data.image,

@@ -113,9 +113,12 @@ class Scheduler:
 
     # -- what to claim ---------------------------------------------------------------------
 
-    def _item_operations(self) -> list[str] | None:
+    def _item_operations(self) -> list[str]:
+        """Work-item operations to claim. By default only those this worker has handlers
+        for: claiming another fleet's operation would fail its items. An operation named
+        explicitly but not registered is claimed and failed with a clear error."""
         if self.operations is None:
-            return None
+            return self.registry.item_names()
         sources = set(self.registry.source_names())
         return [name for name in self.operations if name not in sources]
 
