@@ -214,11 +214,15 @@ export function toTemplateView(doc: Doc<"envTemplates">): TemplateView {
   return fields;
 }
 
-// Moves a host's job count; a host that was deleted has nothing to count.
+// Moves a host's job count; a host that was deleted has nothing to count. Taking a slot on
+// a full host fails with HOST_FULL: max_concurrent_jobs is a limit, not a hint.
 export async function moveHostCount(ctx: MutationCtx, hostId: string | undefined, delta: number) {
   if (hostId === undefined) return;
   const host = await hostDoc(ctx, hostId);
   if (!host) return;
+  if (delta > 0 && host.currentJobCount >= host.maxConcurrentJobs) {
+    fail("HOST_FULL", `executor host ${host.name} is full (${host.maxConcurrentJobs} jobs)`);
+  }
   await ctx.db.patch(host._id, { currentJobCount: Math.max(0, host.currentJobCount + delta) });
 }
 
@@ -231,8 +235,9 @@ export async function countHosts(
   const was = isActive(before.status);
   const now = isActive(after.status);
   const moved = before.hostId !== after.hostId;
-  if (was && (!now || moved)) await moveHostCount(ctx, before.hostId, -1);
+  // Take the new slot first: if the host is full, nothing has changed yet.
   if (now && (!was || moved)) await moveHostCount(ctx, after.hostId, +1);
+  if (was && (!now || moved)) await moveHostCount(ctx, before.hostId, -1);
 }
 
 export async function checkNameFree(

@@ -19,6 +19,10 @@ class PermissionDenied(BulkJobError):
     """The caller is known but may not do this (an admin-only host, another user's job)."""
 
 
+class HostFull(Conflict):
+    """The executor host has no free slot (current_job_count reached max_concurrent_jobs)."""
+
+
 class RateLimited(BulkJobError):
     """The user has started too many jobs in the current window."""
 

@@ -122,7 +122,8 @@ def ops(service: ContainerJobService) -> ContainerBulkOperations:
 
 @pytest.fixture
 async def host(store: Any) -> ExecutorHost:
-    created = make_host("mock", name="source-host")
+    # Room for every job the tests move to running: a full host refuses more (HostFull).
+    created = make_host("mock", name="source-host", max_concurrent_jobs=10_000)
     await store.host_create(created)
     return created
 
@@ -705,5 +706,5 @@ async def test_bulk_operations_resource_monitoring(
     assert metrics["total_jobs"] == 3
     by_host = {entry["id"]: entry for entry in metrics["hosts"]}
     assert by_host[host.id]["current_jobs"] == 2 and by_host[host.id]["healthy"] is True
-    assert by_host[host.id]["utilization_percent"] == 20.0
+    assert by_host[host.id]["utilization_percent"] == 0.02  # 2 of 10,000
     assert "local" in by_host  # the store's default host

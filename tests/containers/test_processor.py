@@ -195,3 +195,57 @@ async def test_local_logs_are_read_live_and_after(service: ContainerJobService) 
     await service.cancel_job(job.id)
     await worker.aclose()
     task.cancel()
+
+
+async def test_a_hosts_limit_holds_whatever_the_processor_concurrency(
+    service: ContainerJobService,
+) -> None:
+    host = await service.create_host(
+        name="one-slot",
+        executor_type="mock",
+        max_concurrent_jobs=1,
+        executor_config={"delay_s": 0.05},
+    )
+    jobs = [await service.create_job("img", "echo hi", host=host.id) for _ in range(4)]
+    store = await service.store()
+    peak = 0
+    worker = processor(service, concurrency=4)
+    task = asyncio.create_task(worker.run(once=True))
+    while not task.done():
+        current = await store.host_get(host.id)
+        peak = max(peak, current.current_job_count if current else 0)
+        await asyncio.sleep(0.005)
+    await task
+    for _ in range(200):  # jobs that waited for the slot are claimed again after a pause
+        done = [await service.get_job(job.id) for job in jobs]
+        if all(job.status == "completed" for job in done):
+            break
+        await asyncio.wait_for(processor(service, concurrency=4).run(once=True), 30)
+        await asyncio.sleep(0.05)
+    assert [job.status for job in done] == ["completed"] * 4
+    assert peak == 1
+
+
+async def test_an_executor_that_keeps_failing_gives_up_on_the_job(
+    service: ContainerJobService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from src.services.containers.executors.errors import ExecutorError
+    from src.services.containers.executors.mock import MockExecutor
+
+    async def broken(self: MockExecutor, execution_id: str) -> object:
+        raise ExecutorError("backend says no")
+
+    monkeypatch.setattr(MockExecutor, "check_status", broken)
+    host = await service.create_host(name="flaky", executor_type="mock")
+    job = await service.create_job("img", "sleep 1", host=host.id)
+    for _ in range(10):
+        await processor(service, lease_s=0.05).run(once=True)
+        if (await service.get_job(job.id)).is_terminal_status:
+            break
+        await asyncio.sleep(0.06)  # the held lease expires
+    done = await service.get_job(job.id)
+    assert done.status == "failed"
+    assert "gave up after 5 processor errors" in done.status_message
+    assert "backend says no" in done.status_message
+    current = await (await service.store()).host_get(host.id)
+    assert current is not None and current.current_job_count == 0

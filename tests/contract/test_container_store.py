@@ -16,7 +16,7 @@ from src.services.containers.models import (
     ExecutorHost,
 )
 from src.services.domain import utcnow
-from src.services.errors import Conflict, NotFound
+from src.services.errors import Conflict, HostFull, NotFound
 from src.services.store.base import ContainerStore, Store
 
 
@@ -372,3 +372,18 @@ async def test_templates(cstore: ContainerStore) -> None:
         await cstore.template_update("t1", {"name": "a-first"})
     with pytest.raises(NotFound):
         await cstore.template_update("nope", {"name": "x"})
+
+
+async def test_a_full_host_refuses_another_active_job(cstore: ContainerStore) -> None:
+    await cstore.host_create(host(max_concurrent_jobs=1))
+    first, second = job(host_id="h1"), job(host_id="h1")
+    await cstore.container_create_batch([first, second])
+    await cstore.container_transition(first.id, "launching")
+    with pytest.raises(HostFull):
+        await cstore.container_transition(second.id, "launching", report_id="r-full")
+    assert (await cstore.container_get(second.id)).status == "pending"  # type: ignore[union-attr]
+    assert await count(cstore) == 1
+    await cstore.container_transition(first.id, "failed")
+    # The refused report was rolled back with the transition: the same id applies now.
+    moved = await cstore.container_transition(second.id, "launching", report_id="r-full")
+    assert moved.status == "launching" and await count(cstore) == 1

@@ -28,7 +28,7 @@ from src.services.containers.executors.errors import ExecutorError
 from src.services.containers.models import ContainerJob, ContainerJobStatus
 from src.services.containers.service import ContainerJobService
 from src.services.domain import utcnow
-from src.services.errors import BulkJobError, Conflict, NotFound
+from src.services.errors import BulkJobError, Conflict, HostFull, NotFound
 from src.services.job_worker import worker_id
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ S = ContainerJobStatus
 #: enforcement comes first).
 TIMEOUT_GRACE_S = 5.0
 FIRST_POLL_S = 0.02
+#: Seconds a job waits for a slot on a full host before it is claimed again.
+HOST_FULL_WAIT_S = 2.0
+#: Failures (executor or store errors while carrying a job) after which it is failed.
+MAX_PROCESSOR_ERRORS = 5
 
 
 @dataclass
@@ -71,6 +75,8 @@ class ContainerProcessor:
         self.owner = owner or worker_id("containers")
         self.stats = ProcessorStats()
         self._running: set[asyncio.Task[None]] = set()
+        #: Jobs whose lease is kept for a while instead of handed back (seconds).
+        self._hold: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -138,7 +144,7 @@ class ContainerProcessor:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            await self._release(job.id)
+            await self._release(job.id, self._hold.pop(job.id, None))
             self.stats.jobs += 1
             self.stats.total_s += time.perf_counter() - started
 
@@ -166,9 +172,15 @@ class ContainerProcessor:
         if job is not None and job.get_execution_identifier():
             await self.service.stop_container(job)
 
-    async def _release(self, job_id: str) -> None:
+    async def _release(self, job_id: str, hold_s: float | None = None) -> None:
+        """Hand the lease back -- or, with `hold_s`, keep it that long so nobody claims the
+        job again at once (a full host, a failing backend)."""
+        store = await self.service.store()
         try:
-            await (await self.service.store()).container_release(job_id, self.owner)
+            if hold_s is None:
+                await store.container_release(job_id, self.owner)
+            else:
+                await store.container_heartbeat(job_id, self.owner, hold_s)
         except BulkJobError:
             log.warning("could not release container job %s", job_id, exc_info=True)
 
@@ -181,8 +193,46 @@ class ContainerProcessor:
                 job = await self._launch_with_retries(job)
             if job.status == S.RUNNING:
                 await self._finish(job)
+        except HostFull as exc:
+            await self._wait_for_slot(job, exc)
         except Conflict as exc:
             log.info("container job %s changed under us: %s", job.id, exc)
+        except BulkJobError as exc:  # an executor or the store failed: not a tight loop
+            await self._note_failure(job.id, exc)
+
+    async def _wait_for_slot(self, job: ContainerJob, exc: HostFull) -> None:
+        """The host is full: back to pending, claimable again after a pause."""
+        log.info("container job %s waits for a slot: %s", job.id, exc)
+        with contextlib.suppress(Conflict):
+            await self._transition(job, S.PENDING, {"status_message": str(exc)})
+        self._hold[job.id] = min(self.lease_s, HOST_FULL_WAIT_S)
+
+    async def _note_failure(self, job_id: str, exc: BulkJobError) -> None:
+        """Count the failure on the job; after MAX_PROCESSOR_ERRORS give up on it, else keep
+        the lease so the next attempt comes after it expires, not at once."""
+        log.warning("container job %s: %s", job_id, exc, extra={"job_id": job_id})
+        store = await self.service.store()
+        try:
+            job = await store.container_get(job_id)
+            if job is None or job.is_terminal_status:
+                return
+            errors = int(job.executor_metadata.get("processor_errors", 0)) + 1
+            metadata = job.executor_metadata | {"processor_errors": errors}
+            if errors < MAX_PROCESSOR_ERRORS:
+                await store.container_transition(
+                    job_id, job.status, {"executor_metadata": metadata}
+                )
+                self._hold[job_id] = self.lease_s
+                return
+            message = f"gave up after {errors} processor errors; last: {exc}"
+            await store.container_transition(
+                job_id, S.FAILED, {"executor_metadata": metadata, "status_message": message}
+            )
+            if job.get_execution_identifier():
+                await self.service.stop_container(job)
+        except BulkJobError:
+            log.warning("could not record the failure of container job %s", job_id, exc_info=True)
+            self._hold[job_id] = self.lease_s
 
     async def _resume(self, job: ContainerJob) -> ContainerJob:
         """A job another processor launched before it died: monitor the same container."""
@@ -209,6 +259,14 @@ class ContainerProcessor:
     async def _launch(self, job: ContainerJob) -> ContainerJob:
         executor = await self._executor(job)
         env = await self._environment(job)
+        # Shielded: a processor shutting down (or losing the lease) mid-launch still records
+        # the container it started, so the next processor monitors it instead of starting
+        # a second one.
+        return await asyncio.shield(self._launch_and_record(job, executor, env))
+
+    async def _launch_and_record(
+        self, job: ContainerJob, executor: ContainerExecutor, env: dict[str, str]
+    ) -> ContainerJob:
         started = time.perf_counter()
         try:
             launched = await executor.launch_job(job, env)
@@ -265,10 +323,10 @@ class ContainerProcessor:
             if status.state != "running":
                 return False
             if time.time() > deadline:
+                await _stop(executor, execution_id)
                 log.warning(
-                    "container job %s overran its timeout; stopping it", job.id, extra=_context(job)
+                    "container job %s overran its timeout; stopped it", job.id, extra=_context(job)
                 )
-                await executor.cleanup(execution_id)
                 return True
             await self._pause(executor, execution_id, delay)
             delay = min(delay * 2, self.poll_interval_s)
@@ -333,6 +391,13 @@ class ContainerProcessor:
 def _deadline(job: ContainerJob) -> float:
     started = (job.started_at or utcnow()).timestamp()
     return started + job.timeout_seconds + TIMEOUT_GRACE_S
+
+
+async def _stop(executor: ContainerExecutor, execution_id: str) -> None:
+    """Stop a run but keep its output for the harvest (cleanup afterwards removes it);
+    executors without a separate stop are cleaned up at once."""
+    stop = getattr(executor, "stop", None)
+    await (stop(execution_id) if stop is not None else executor.cleanup(execution_id))
 
 
 def _context(job: ContainerJob) -> dict[str, Any]:

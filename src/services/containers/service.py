@@ -130,7 +130,6 @@ class ContainerJobService:
             spec = _spec(spec_fields, overrides)
             job = _new_job(spec, user, template)
             jobs.append(_route(job, spec, hosts, template, pinned=host is not None))
-            # Later jobs of the same batch see this one's slot as planned, not free.
         return jobs
 
     async def _template(

@@ -37,6 +37,7 @@ from src.services.domain import (
 from src.services.errors import (
     BulkJobError,
     Conflict,
+    HostFull,
     NotFound,
     RateLimited,
     StoreAuthError,
@@ -155,6 +156,8 @@ def _error_from(path: str, body: dict[str, Any]) -> BulkJobError:
             return NotFound(text)
         if code == "CONFLICT":
             return Conflict(text)
+        if code == "HOST_FULL":
+            return HostFull(text)
         if code == "RATE_LIMITED":
             return RateLimited(int(data.get("retryAfterS", 1)), text)
     if MISSING_FUNCTION in message:

@@ -23,7 +23,7 @@ from src.services.containers.models import (
     check_transition,
 )
 from src.services.domain import utcnow
-from src.services.errors import Conflict, NotFound
+from src.services.errors import Conflict, HostFull, NotFound
 
 T = TypeVar("T")
 
@@ -138,6 +138,8 @@ def _move_host_count(conn: sqlite3.Connection, host_id: str | None, delta: int) 
         host = _load_host(conn, host_id)
     except NotFound:
         return  # the host was deleted; nothing to count
+    if delta > 0 and host.current_job_count >= host.max_concurrent_jobs:
+        raise HostFull(f"executor host {host.name} is full ({host.max_concurrent_jobs} jobs)")
     host.current_job_count = max(0, host.current_job_count + delta)
     _save_host(conn, host)
 
@@ -380,10 +382,11 @@ def _count_hosts(conn: sqlite3.Connection, before: ContainerJob, after: Containe
     """A job holds a slot on its host while launching or running."""
     was = before.status in ACTIVE_STATUSES
     now = after.status in ACTIVE_STATUSES
-    if was and (not now or before.host_id != after.host_id):
-        _move_host_count(conn, before.host_id, -1)
+    # Take the new slot first: if the host is full, nothing has changed yet.
     if now and (not was or before.host_id != after.host_id):
         _move_host_count(conn, after.host_id, +1)
+    if was and (not now or before.host_id != after.host_id):
+        _move_host_count(conn, before.host_id, -1)
 
 
 def _transition_many(

@@ -134,6 +134,12 @@ class DockerExecutor:
                 return fn(*args, **kwargs)
             except requests.exceptions.ConnectionError as exc:
                 raise _connection_error(self.host, exc) from None
+            except docker.errors.APIError:
+                raise  # an HTTPError too, but the callers handle these themselves
+            except requests.exceptions.RequestException as exc:  # timeouts and the like
+                raise ExecutorError(
+                    f"docker: {type(exc).__name__}: {exc}", transient=True
+                ) from None
 
         return await asyncio.to_thread(call)
 
@@ -213,6 +219,12 @@ class DockerExecutor:
         if state.get("Status") == "dead":
             return ExecutionStatus("failed", state.get("ExitCode"), state.get("Error") or "dead")
         return _exit_status(container)
+
+    async def stop(self, execution_id: str) -> None:
+        """Stop the container, keeping it (and its logs) for the harvest."""
+        container = await self._container(execution_id)
+        if container is not None:
+            await self._stop(container)
 
     async def _stop(self, container: Container) -> None:
         try:

@@ -161,6 +161,17 @@ class LocalExecutor:
             reason=status.reason,
         )
 
+    async def stop(self, execution_id: str) -> None:
+        """Kill the process group, keeping its output files for the harvest."""
+        run = self._runs.get(execution_id)
+        pid = run.process.pid if run else _pid_of(self._workdir(execution_id))
+        if pid is not None:
+            _kill_group(pid)
+        if run is not None:
+            run.timed_out = True
+            with contextlib.suppress(ProcessLookupError):
+                await run.process.wait()
+
     async def cleanup(self, execution_id: str) -> bool:
         run = self._runs.pop(execution_id, None)
         workdir = self._workdir(execution_id)
@@ -172,7 +183,7 @@ class LocalExecutor:
                 await run.process.wait()
             if run.watchdog is not None:
                 run.watchdog.cancel()
-        _remove_tree(workdir)
+        await asyncio.to_thread(_remove_tree, workdir)
         return True
 
     async def get_health_status(self) -> dict[str, Any]:
