@@ -259,6 +259,11 @@ class JobEventHub:
             chained = previous[signal.Signals(signum)]
             if callable(chained):
                 chained(signum, frame)
+            elif chained == signal.SIG_DFL:
+                # Nobody else handles it: do what the signal would have done (end the
+                # process), after the streams were told to close.
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
 
         for sig in previous:
             signal.signal(sig, handle)

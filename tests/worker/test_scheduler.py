@@ -327,7 +327,10 @@ async def test_unknown_empty_and_malformed_items_fail_once(
             NewWorkItem("resize", {"width": 2, "height": 3}, "good"),
         ]
     )
-    await asyncio.wait_for(make_scheduler().run(burst=True), 10)
+    # A worker told to claim an operation it has no handler for fails those items clearly
+    # (a worker left to its defaults claims only what it has handlers for).
+    operations = ["echo", "resize", "no-such-op"]
+    await asyncio.wait_for(make_scheduler(operations=operations).run(burst=True), 10)
     found = {
         item.id: item
         for item in await items(
@@ -403,4 +406,52 @@ async def test_application_enqueue_helper(
     await wait_idle(scheduler)
     (done,) = await items(store, [first])
     assert (done.status, done.result) == ("completed", {"echo": {"n": 7}})
+    await scheduler.aclose()
+
+
+async def test_a_default_worker_leaves_operations_it_cannot_run(
+    store: LocalStore, make_scheduler: MakeScheduler
+) -> None:
+    """Another fleet's operation stays pending for that fleet instead of failing here."""
+    await store.work_enqueue_batch([NewWorkItem("transcode", {"f": 1}, "theirs")])
+    await asyncio.wait_for(make_scheduler().run(burst=True), 10)
+    (item,) = await items(store, ["theirs"])
+    assert item.status == "pending" and item.attempts == 0
+
+
+async def test_results_are_stored_as_plain_json(
+    store: LocalStore, registry: OperationRegistry, make_scheduler: MakeScheduler
+) -> None:
+    import datetime as dt
+
+    async def stamp(payload: Any, ctx: WorkContext) -> Any:
+        return {"at": dt.datetime(2026, 1, 2, tzinfo=dt.UTC), "nan": float("nan")}
+
+    registry.register("stamp", stamp)
+    await store.work_enqueue_batch([NewWorkItem("stamp", {"x": 1}, "s")])
+    await asyncio.wait_for(make_scheduler().run(burst=True), 10)
+    (item,) = await items(store, ["s"])
+    assert item.result == {"at": "2026-01-02T00:00:00+00:00", "nan": None}
+
+
+async def test_a_work_item_backlog_does_not_starve_sources(
+    store: LocalStore, registry: OperationRegistry, make_scheduler: MakeScheduler
+) -> None:
+    from src.services.worker.registry import Claim
+
+    asked: list[int] = []
+
+    class Jobs:
+        operation = "bulk_job"
+
+        async def claim(self, owner: str, limit: int, lease_s: float) -> list[Claim]:
+            asked.append(limit)
+            return []
+
+    registry.add_source(Jobs())
+    await enqueue(store, 300)
+    scheduler = make_scheduler(claim_batch_size=5, max_concurrency=1000)
+    for _ in range(4):
+        await scheduler.tick()
+    assert asked  # claimed from at least once although work items alone fill every tick
     await scheduler.aclose()

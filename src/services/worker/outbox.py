@@ -84,6 +84,9 @@ class Outbox:
             self._set_aside(corrupt)
             self._rewrite(entries)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # A new file's directory entry must be durable too, or a power loss can take the
+        # file (and the reports fsynced into it) away.
+        _fsync_dir(self.path.parent)
         if entries:
             log.info("outbox %s holds %d undelivered reports", self.path, len(entries))
 

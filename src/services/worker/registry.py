@@ -23,6 +23,8 @@ from src.services.worker.models import Outcome, WorkItem
 
 #: Largest result a work item may report (Convex documents are at most 1 MiB).
 MAX_RESULT_BYTES = 256 * 1024
+#: Longest error message a failed item keeps.
+MAX_ERROR_CHARS = 8 * 1024
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ class OperationRegistry:
         try:
             result = await operation.handler(payload, ctx)
         except Exception as exc:  # a handler's failure is the item's outcome, not ours
-            return Execution("failed", error=f"{type(exc).__name__}: {exc}")
+            return Execution("failed", error=_error_text(exc))
         return _checked_result(result)
 
 
@@ -172,15 +174,24 @@ def _parse(operation: Operation, payload: Any) -> Any:
 
 
 def _checked_result(result: Any) -> Execution:
+    """The result as plain JSON values (what every store and the outbox can hold: a
+    datetime becomes its ISO text, NaN becomes null), or a failure saying why not."""
     try:
-        size = len(orjson.dumps(result))
+        encoded = orjson.dumps(result)
     except TypeError as exc:
         return Execution("failed", error=f"the result is not JSON: {exc}")
-    if size > MAX_RESULT_BYTES:
+    if len(encoded) > MAX_RESULT_BYTES:
         return Execution(
-            "failed", error=f"the result is {size} bytes; at most {MAX_RESULT_BYTES} are kept"
+            "failed",
+            error=f"the result is {len(encoded)} bytes; at most {MAX_RESULT_BYTES} are kept",
         )
-    return Execution("completed", result=result)
+    return Execution("completed", result=orjson.loads(encoded))
+
+
+def _error_text(exc: Exception) -> str:
+    """An exception as a bounded error message (a report must fit in one store write)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= MAX_ERROR_CHARS else f"{text[:MAX_ERROR_CHARS]}... [cut]"
 
 
 #: The process-wide registry that `bulkjobs worker` runs (application modules add to it).

@@ -36,6 +36,8 @@ from src.services.worker.registry import Claim, OperationRegistry, WorkContext
 
 log = logging.getLogger(__name__)
 
+#: The kind of work claimed from the workItems table (the others are sources).
+WORK_ITEMS = "work items"
 #: Longest pause after repeated store failures.
 MAX_BACKOFF_S = 30.0
 
@@ -82,7 +84,7 @@ class Scheduler:
         poll_interval_s: float = 0.5,
         grace_s: float = 30.0,
     ) -> None:
-        """`operations` names what to claim (None: every work item and every source)."""
+        """`operations` names what to claim (None: every registered operation and source)."""
         if claim_batch_size < 1 or max_concurrency < 1:
             raise ValueError("claim_batch_size and max_concurrency must be at least 1")
         self.worker_id = worker_id
@@ -109,6 +111,7 @@ class Scheduler:
         self._stopping = False
         self._fatal: BulkJobError | None = None
         self._failures = 0
+        self._ticks = 0
         self._refill_at = max(1, min(self.claim_batch_size, max_concurrency) // 2)
 
     # -- what to claim ---------------------------------------------------------------------
@@ -140,24 +143,38 @@ class Scheduler:
         free = min(self.claim_batch_size, self.max_concurrency - self.in_hand)
         if free <= 0 or self._stopping:
             return 0
+        # Each tick a different kind goes first, so a backlog of one kind (work items, say)
+        # cannot keep bulk jobs or container jobs from ever being claimed.
+        kinds = [WORK_ITEMS, *self._sources()]
+        first = self._ticks % len(kinds)
+        self._ticks += 1
         started = 0
-        item_ops = self._item_operations()
-        if item_ops != []:
-            items = await self.store.work_claim(self.worker_id, item_ops, free, self.lease_s)
-            for item in items:
-                self._spawn(self._run_item(item), f"item-{item.id}", item.id)
-            started += len(items)
-        for name in self._sources():
-            source = self.registry.source(name)
-            if source is None or started >= free:
-                continue
-            for claim in await source.claim(self.worker_id, free - started, self.lease_s):
-                self._spawn(self._run_claim(claim), f"{claim.operation}-{claim.item_id}")
-                started += 1
+        for kind in kinds[first:] + kinds[:first]:
+            if started >= free:
+                break
+            started += await self._claim(kind, free - started)
         self.stats.claimed += started
         metrics.CLAIMS.labels("scheduler").inc(started)
         metrics.OUTBOX_DEPTH.set(len(self.outbox))
         return started
+
+    async def _claim(self, kind: str, limit: int) -> int:
+        """Claim and start up to `limit` items of one kind; returns how many."""
+        if kind == WORK_ITEMS:
+            operations = self._item_operations()
+            if not operations:
+                return 0
+            items = await self.store.work_claim(self.worker_id, operations, limit, self.lease_s)
+            for item in items:
+                self._spawn(self._run_item(item), f"item-{item.id}", item.id)
+            return len(items)
+        source = self.registry.source(kind)
+        if source is None:
+            return 0
+        claims = await source.claim(self.worker_id, limit, self.lease_s)
+        for claim in claims:
+            self._spawn(self._run_claim(claim), f"{claim.operation}-{claim.item_id}")
+        return len(claims)
 
     async def flush_outbox(self) -> int:
         """Send what the outbox holds; returns how many reports the store acknowledged."""
@@ -283,6 +300,9 @@ class Scheduler:
             except StoreUnavailable as exc:
                 self._note_store_error(exc)
                 log.warning("renewing leases failed: %s", exc)
+            except BulkJobError as exc:  # never let one refused renewal end the loop
+                self._note_store_error(exc)
+                log.error("renewing leases refused: %s", exc)
 
     async def renew_leases(self) -> None:
         """Renew the leases of running work items; stop those whose lease was lost."""
@@ -357,6 +377,13 @@ class Scheduler:
             self._failures += 1
             delay = backoff(self._failures)
             log.warning("store unavailable (%s); retrying in %.2f s", exc, delay)
+            return 0, delay
+        except BulkJobError as exc:
+            # Refused for good (a report the store rejects, say): keep running, back off,
+            # and say so loudly; the outbox keeps what was not acknowledged.
+            self._failures += 1
+            delay = backoff(self._failures)
+            log.error("store refused the worker (%s); retrying in %.2f s", exc, delay)
             return 0, delay
         self._failures = 0
         return claimed, None

@@ -37,7 +37,7 @@ StoreWrapper = Callable[[WorkStore], WorkStore]
 class WorkerOptions:
     #: Stable across restarts: names the outbox and prefixes the lease owner.
     name: str
-    #: What to claim; None: every registered operation.
+    #: What to claim; None: every registered operation, bulk_job and container_job.
     operations: list[str] | None = None
     concurrency: int = 4
     batch_size: int = 100
