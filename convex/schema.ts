@@ -123,5 +123,6 @@ export default defineSchema({
   workItems: defineTable(workFields)
     .index("by_itemId", ["itemId"])
     .index("by_status_and_leaseExpiresAt", ["status", "leaseExpiresAt"])
+    .index("by_status_and_operation", ["status", "operation"])
     .index("by_leaseOwner", ["leaseOwner"]),
 });

@@ -103,15 +103,36 @@ export async function enqueueBatch(ctx: MutationCtx, { items }: { items: NewItem
   return items.map((item) => item.itemId);
 }
 
+// The oldest pending items of the wanted operations, read through the operation index so a
+// backlog of other operations never hides them (each operation read separately, merged by age).
+async function pendingOf(ctx: QueryCtx, wanted: Set<string> | null, limit: number) {
+  if (wanted === null) {
+    return await ctx.db
+      .query("workItems")
+      .withIndex("by_status_and_leaseExpiresAt", (q) => q.eq("status", "pending"))
+      .take(limit);
+  }
+  const perOperation = await Promise.all(
+    [...wanted].map((operation) =>
+      ctx.db
+        .query("workItems")
+        .withIndex("by_status_and_operation", (q) =>
+          q.eq("status", "pending").eq("operation", operation),
+        )
+        .take(limit),
+    ),
+  );
+  return perOperation
+    .flat()
+    .sort((a, b) => a._creationTime - b._creationTime)
+    .slice(0, limit);
+}
+
 async function claimable(ctx: QueryCtx, wanted: Set<string> | null, limit: number, now: number) {
   const fits = (item: Item) => wanted === null || wanted.has(item.operation);
   const scan = wanted === null ? limit : limit + CLAIM_SCAN;
-  const pending = await ctx.db
-    .query("workItems")
-    .withIndex("by_status_and_leaseExpiresAt", (q) => q.eq("status", "pending"))
-    .take(scan);
-  const found = pending.filter(fits);
-  if (found.length >= limit) return found.slice(0, limit);
+  const found = await pendingOf(ctx, wanted, limit);
+  if (found.length >= limit) return found;
   const expired = await ctx.db
     .query("workItems")
     .withIndex("by_status_and_leaseExpiresAt", (q) =>

@@ -130,3 +130,13 @@ async def test_batches_are_bounded(work: WorkStore) -> None:
     assert await work.work_enqueue_batch(new(*ids)) == ids
     claimed = await work.work_claim("w1", None, MAX_WORK_BATCH + 50, 30)
     assert len(claimed) == MAX_WORK_BATCH
+
+
+async def test_a_backlog_of_other_operations_does_not_hide_an_item(work: WorkStore) -> None:
+    for start in range(0, 1400, MAX_WORK_BATCH):
+        await work.work_enqueue_batch(
+            [NewWorkItem("transcode", {"n": n}) for n in range(start, start + MAX_WORK_BATCH)]
+        )
+    await work.work_enqueue_batch([NewWorkItem("echo", {"n": 1}, "mine")])
+    claimed = await work.work_claim("w", ["echo"], 10, 30)
+    assert [item.id for item in claimed] == ["mine"]

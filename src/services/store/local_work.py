@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS work_items (
     completed_at REAL
 );
 CREATE INDEX IF NOT EXISTS work_items_by_status_and_seq ON work_items(status, seq);
+CREATE INDEX IF NOT EXISTS work_items_by_status_operation_seq
+    ON work_items(status, operation, seq);
 CREATE INDEX IF NOT EXISTS work_items_by_status_and_lease
     ON work_items(status, lease_expires_at);
 CREATE INDEX IF NOT EXISTS work_items_by_owner ON work_items(lease_owner)
@@ -154,10 +156,7 @@ class LocalWorkOps:
         self, conn: sqlite3.Connection, wanted: frozenset[str] | None, limit: int, now: float
     ) -> list[sqlite3.Row]:
         scan = limit if wanted is None else limit + CLAIM_SCAN
-        pending = conn.execute(
-            "SELECT * FROM work_items WHERE status = 'pending' ORDER BY seq LIMIT ?", (scan,)
-        ).fetchall()
-        found = [row for row in pending if wanted is None or row["operation"] in wanted]
+        found = self._pending(conn, wanted, limit)
         if len(found) >= limit:
             return found[:limit]
         expired = conn.execute(
@@ -167,6 +166,22 @@ class LocalWorkOps:
         ).fetchall()
         found += [row for row in expired if wanted is None or row["operation"] in wanted]
         return found
+
+    @staticmethod
+    def _pending(
+        conn: sqlite3.Connection, wanted: frozenset[str] | None, limit: int
+    ) -> list[sqlite3.Row]:
+        """The oldest pending items of the wanted operations, filtered in the index: a
+        backlog of other operations never hides them."""
+        if wanted is None:
+            sql = "SELECT * FROM work_items WHERE status = 'pending' ORDER BY seq LIMIT ?"
+            return conn.execute(sql, (limit,)).fetchall()
+        marks = ",".join("?" * len(wanted))
+        sql = (
+            f"SELECT * FROM work_items WHERE status = 'pending' AND operation IN ({marks})"
+            " ORDER BY seq LIMIT ?"
+        )
+        return conn.execute(sql, (*sorted(wanted), limit)).fetchall()
 
     @staticmethod
     def _give_up(conn: sqlite3.Connection, seqs: list[int], now: float) -> None:
