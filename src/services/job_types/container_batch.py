@@ -40,6 +40,8 @@ STAGES = [
 MAX_ITEMS = 10_000
 #: Largest slice of ids read from the store at once.
 READ_CHUNK = 500
+#: Log bytes a ZIP export includes at most (they are in memory until written).
+ZIP_LOG_BUDGET = 200 * 1024 * 1024
 POLL_S = (0.05, 1.0)
 
 
@@ -153,7 +155,8 @@ class _Batch:
         self.ctx, self.service, self.data = ctx, service, data
         self.total = len(data.items)
         self.ids = [container_job_id(ctx.job_id, index) for index in range(self.total)]
-        self.finished: dict[int, ContainerJob] = {}
+        #: Export rows of finished items (not the jobs: their logs would add up).
+        self.finished: dict[int, dict[str, Any]] = {}
         self.in_flight: dict[int, ContainerJob] = {}
 
     async def run(self) -> None:
@@ -177,8 +180,10 @@ class _Batch:
         for start in range(0, self.total, READ_CHUNK):
             for job in await store.container_get_many(self.ids[start : start + READ_CHUNK]):
                 index = position[job.id]
-                target = self.finished if job.is_terminal_status else self.in_flight
-                target[index] = job
+                if job.is_terminal_status:
+                    self.finished[index] = _row(index, self.data.items[index], job)
+                else:
+                    self.in_flight[index] = job
 
     async def _fill(self, next_index: int) -> int:
         """Create jobs for free slots, skipping indexes adopted earlier; returns the advance."""
@@ -210,12 +215,12 @@ class _Batch:
             if job.is_terminal_status:
                 index = by_id[job.id]
                 del self.in_flight[index]
-                self.finished[index] = job
+                self.finished[index] = _row(index, self.data.items[index], job)
                 changed = True
         return changed
 
     async def _report(self) -> None:
-        completed = sum(1 for job in self.finished.values() if job.status == "completed")
+        completed = sum(1 for row in self.finished.values() if row["status"] == "completed")
         await self.ctx.report(completed, len(self.finished) - completed, self.total)
 
     async def cancel_if_job_cancelled(self) -> None:
@@ -226,9 +231,7 @@ class _Batch:
             await self.service.cancel_for_bulk_job(self.ctx.job_id)
 
     def rows(self) -> list[dict[str, Any]]:
-        return [
-            _row(index, self.data.items[index], self.finished[index]) for index in range(self.total)
-        ]
+        return [self.finished[index] for index in range(self.total)]
 
 
 async def _prepare(
@@ -285,12 +288,27 @@ def _row(index: int, item: Any, job: ContainerJob) -> dict[str, Any]:
 
 
 async def _zip_members(service: ContainerJobService, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """results.json and each item's logs, the logs within ZIP_LOG_BUDGET bytes in all (they
+    are held in memory until written; the rest is named in logs/NOT_INCLUDED.txt)."""
     members: dict[str, Any] = {"results.json": rows}
     store = await service.store()
     ids = [row["container_job_id"] for row in rows]
+    budget, left_out = ZIP_LOG_BUDGET, []
     for start in range(0, len(ids), READ_CHUNK):
         for job in await store.container_get_many(ids[start : start + READ_CHUNK]):
             item = job.item_key or job.id
+            size = len(job.stdout_log) + len(job.stderr_log)
+            if size > budget:
+                left_out.append(item)
+                continue
+            budget -= size
             members[f"logs/{item}.stdout.txt"] = job.stdout_log
             members[f"logs/{item}.stderr.txt"] = job.stderr_log
+    if left_out:
+        members["logs/NOT_INCLUDED.txt"] = (
+            f"Logs of {len(left_out)} items exceeded the export's {ZIP_LOG_BUDGET} byte log"
+            " budget; read them with GET /container-jobs/{id}/logs. Items: "
+            + ", ".join(left_out)
+            + "\n"
+        )
     return members

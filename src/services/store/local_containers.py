@@ -103,7 +103,13 @@ INSERT_JOB = (
     " created_at, completed_at, lease_owner, lease_expires_at, doc)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-REPLACE_JOB = INSERT_JOB.replace("INSERT INTO", "INSERT OR REPLACE INTO")
+#: An update in place: INSERT OR REPLACE would give the row a new rowid, and rowid breaks
+#: ties in list order (jobs created in one batch share created_at).
+UPDATE_JOB = (
+    "UPDATE container_jobs SET status = ?, host_id = ?, created_by = ?, bulk_job_id = ?,"
+    " priority = ?, created_at = ?, completed_at = ?, lease_owner = ?, lease_expires_at = ?,"
+    " doc = ? WHERE id = ?"
+)
 
 
 def _load(conn: sqlite3.Connection, job_id: str) -> ContainerJob:
@@ -114,7 +120,8 @@ def _load(conn: sqlite3.Connection, job_id: str) -> ContainerJob:
 
 
 def _save(conn: sqlite3.Connection, job: ContainerJob) -> None:
-    conn.execute(REPLACE_JOB, _job_row(job))
+    job_id, *values = _job_row(job)
+    conn.execute(UPDATE_JOB, (*values, job_id))
 
 
 def _load_host(conn: sqlite3.Connection, host_id: str) -> ExecutorHost:

@@ -51,7 +51,9 @@ DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 DEFAULT_PIDS_LIMIT = 256
 #: Exit code of a SIGKILLed process (OOM kills included).
 KILLED = 137
-OOM_FLAG_POLLS = 10
+OOM_FLAG_POLLS = 30
+#: Log lines read from the engine per stream (cap_log then keeps the last 256 KiB).
+LOG_TAIL_LINES = 20_000
 #: Seconds a stopping container gets between SIGTERM and SIGKILL.
 STOP_GRACE_S = 2
 
@@ -248,8 +250,9 @@ class DockerExecutor:
         container = await self._container(execution_id)
         if container is None:
             return "", ""
-        out = await self._call(container.logs, stdout=True, stderr=False)
-        err = await self._call(container.logs, stdout=False, stderr=True)
+        # The last lines only: the engine would otherwise send a chatty container's whole log.
+        out = await self._call(container.logs, stdout=True, stderr=False, tail=LOG_TAIL_LINES)
+        err = await self._call(container.logs, stdout=False, stderr=True, tail=LOG_TAIL_LINES)
         return cap_log(out.decode(errors="replace")), cap_log(err.decode(errors="replace"))
 
     async def harvest_job(self, job: ContainerJob) -> HarvestResult:
