@@ -163,12 +163,15 @@ class JobEventHub:
         self._restore_signals: Callable[[], None] = _nothing
 
     async def on_job_event(self, job_id: str, event: str) -> None:
-        """The manager's hook: look at the store now rather than at the next poll."""
-        self.notify()
+        """The manager's hook: the watches that show this job look at the store now rather
+        than at the next poll (a new job may belong to any user's list: all look)."""
+        self.notify(None if event == "created" else job_id)
 
-    def notify(self) -> None:
-        for watch in self._watches.values():
-            watch.poke.set()
+    def notify(self, job_id: str | None = None) -> None:
+        """Wake the watches showing `job_id` (every watch when None)."""
+        for key, watch in self._watches.items():
+            if job_id is None or key == f"job:{job_id}" or job_id in watch.state:
+                watch.poke.set()
 
     def user_events(self, user_id: str) -> AsyncGenerator[JobEvent, None]:
         """The user's newest MAX_PAGE jobs: a snapshot, then each change (without job_data)."""
