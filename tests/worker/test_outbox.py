@@ -129,3 +129,22 @@ async def test_one_process_per_outbox(tmp_path: Path) -> None:
     async with Outbox(tmp_path / "o.jsonl"):
         with pytest.raises(OutboxError, match="in use"):
             await Outbox(tmp_path / "o.jsonl").open()
+
+
+async def test_a_report_the_store_refuses_for_good_is_set_aside(tmp_path: Path) -> None:
+    from src.services.errors import StoreError
+
+    async with Outbox(tmp_path / "o.jsonl") as box:
+        await box.append([report(n) for n in range(8)])
+
+        async def refuse_k5(reports: list[WorkReport]) -> list[ReportAck]:
+            if any(r.key == "k5" for r in reports):
+                raise StoreError("document too large")
+            return await ack_all(reports)
+
+        assert await box.flush(refuse_k5, batch_size=4) == 7  # the other seven got through
+        assert box.entries() == []
+        rejected = box.rejected_path.read_text().splitlines()
+        assert len(rejected) == 1 and '"k5"' in rejected[0]
+    async with Outbox(tmp_path / "o.jsonl") as box:  # and it stays out after a restart
+        assert box.entries() == []

@@ -8,8 +8,9 @@ either the old or the new file, never a mix. Each report carries its idempotency
 sent twice (a crash between the store's answer and the rewrite) is applied once.
 
 A line that is not a report (a torn write from a crash, a disk error) is moved to
-`<file>.corrupt` and logged; the rest of the outbox is kept. A full disk raises OutboxError
-saying so. There is no size cap: nothing is ever dropped to make room.
+`<file>.corrupt` and logged; the rest of the outbox is kept. A report the store refuses for
+good (not merely unavailable) is moved to `<file>.rejected` and logged. A full disk raises
+OutboxError saying so. There is no size cap: nothing is ever dropped to make room.
 
 One process at a time: the outbox takes an exclusive lock on `<file>.lock`.
 """
@@ -27,7 +28,12 @@ from typing import Any
 
 import orjson
 
-from src.services.errors import BulkJobError
+from src.services.errors import (
+    BulkJobError,
+    RateLimited,
+    StoreAuthError,
+    StoreUnavailable,
+)
 from src.services.worker.models import ReportAck, WorkReport
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,8 @@ class Outbox:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.corrupt_path = self.path.with_name(self.path.name + ".corrupt")
+        #: Reports the store refused for good (not for unavailability): kept for a person.
+        self.rejected_path = self.path.with_name(self.path.name + ".rejected")
         self._entries: list[WorkReport] = []
         self._fd: int | None = None
         self._lock_fd: int | None = None
@@ -162,19 +170,56 @@ class Outbox:
 
     async def flush(self, deliver: Deliver, batch_size: int = 100) -> int:
         """Send entries oldest first; returns how many the store acknowledged. Raises what
-        `deliver` raised once the acknowledged entries are removed."""
+        `deliver` raised (the store is unavailable, rate-limits or refuses the credentials)
+        once the acknowledged entries are removed.
+
+        A batch the store refuses for good (too large, invalid) is split until the report
+        it refuses is found; that report is moved to `<file>.rejected` (fsynced) and logged,
+        so one bad report cannot hold back the others forever."""
         async with self._lock:
             pending = list(self._entries)
         acked: set[str] = set()
+        rejected: list[WorkReport] = []
         try:
             for start in range(0, len(pending), batch_size):
                 batch = pending[start : start + batch_size]
-                acks = await deliver(batch)
-                acked.update(ack.key for ack in acks)
+                await self._send(deliver, batch, acked, rejected)
         finally:
-            if acked:
-                await self._remove(acked)
+            if rejected:
+                await asyncio.to_thread(self._set_aside_rejected, rejected)
+            if acked or rejected:
+                await self._remove(acked | {report.key for report in rejected})
         return len(acked)
+
+    async def _send(
+        self,
+        deliver: Deliver,
+        batch: list[WorkReport],
+        acked: set[str],
+        rejected: list[WorkReport],
+    ) -> None:
+        try:
+            acks = await deliver(batch)
+        except (StoreUnavailable, RateLimited, StoreAuthError):
+            raise  # the store may take it later: keep it all
+        except BulkJobError as exc:
+            if len(batch) == 1:
+                log.error(
+                    "outbox %s: the store refused report %s: %s", self.path, batch[0].key, exc
+                )
+                rejected.append(batch[0])
+                return
+            middle = len(batch) // 2
+            await self._send(deliver, batch[:middle], acked, rejected)
+            await self._send(deliver, batch[middle:], acked, rejected)
+            return
+        acked.update(ack.key for ack in acks)
+
+    def _set_aside_rejected(self, reports: list[WorkReport]) -> None:
+        with self.rejected_path.open("ab") as aside:
+            aside.write(_encode(reports))
+            aside.flush()
+            os.fsync(aside.fileno())
 
     async def _remove(self, keys: set[str]) -> None:
         async with self._lock:
