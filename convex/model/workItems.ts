@@ -86,11 +86,22 @@ function itemDoc(ctx: QueryCtx, itemId: string) {
     .unique();
 }
 
+// An id already holding the same operation and payload is this batch sent again (a retry
+// after a lost reply): nothing to do. The same id with other content is a CONFLICT.
+function sameItem(existing: Doc<"workItems">, item: NewItem): boolean {
+  return (
+    existing.operation === item.operation &&
+    JSON.stringify(existing.payload ?? null) === JSON.stringify(item.payload ?? null)
+  );
+}
+
 export async function enqueueBatch(ctx: MutationCtx, { items }: { items: NewItem[] }) {
   checkBatch(items.length);
   const now = Date.now();
   for (const item of items) {
-    if (await itemDoc(ctx, item.itemId)) fail("CONFLICT", `work item ${item.itemId} exists`);
+    const existing = await itemDoc(ctx, item.itemId);
+    if (existing && sameItem(existing, item)) continue;
+    if (existing) fail("CONFLICT", `work item ${item.itemId} exists with other content`);
     await ctx.db.insert("workItems", {
       ...item,
       maxAttempts: Math.max(1, item.maxAttempts),

@@ -41,6 +41,10 @@ async def test_random_ids_and_duplicate_ids(work: WorkStore) -> None:
     with pytest.raises(Conflict):
         await work.work_enqueue_batch(new("x", ids[0]))
     assert await work.work_get("x") is None
+    # The same batch again (a retry after a lost reply) is accepted and adds nothing.
+    again = [NewWorkItem("noop", None, ids[0]), NewWorkItem("noop", [1], ids[1])]
+    assert await work.work_enqueue_batch(again) == ids
+    assert (await work.work_count_by_status())["pending"] == 2
 
 
 async def test_claims_only_the_operations_asked_for(work: WorkStore) -> None:

@@ -113,14 +113,19 @@ class LocalWorkOps:
             (item_id, item.operation, _dumps(item.payload), max(1, item.max_attempts), now, now)
             for item_id, item in zip(ids, items, strict=True)
         ]
-        try:
-            conn.executemany(
-                "INSERT INTO work_items (id, operation, payload, status, max_attempts,"
-                " created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
-                rows,
-            )
-        except sqlite3.IntegrityError:
-            raise Conflict("a work item with one of these ids exists") from None
+        # An id already holding the same operation and payload is this batch sent again (a
+        # retry after a lost reply): nothing to do. The same id with other content conflicts.
+        for item_id, operation, payload, *_ in rows:
+            found = conn.execute(
+                "SELECT operation, payload FROM work_items WHERE id = ?", (item_id,)
+            ).fetchone()
+            if found is not None and (found[0], found[1]) != (operation, payload):
+                raise Conflict(f"work item {item_id} exists with other content")
+        conn.executemany(
+            "INSERT OR IGNORE INTO work_items (id, operation, payload, status, max_attempts,"
+            " created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+            rows,
+        )
         return ids
 
     async def work_claim(
