@@ -46,11 +46,22 @@ describe("workItems", () => {
     expect(await claim(t, "w3", 10)).toEqual([]);
   });
 
-  test("a duplicate id writes nothing of the batch", async () => {
+  test("an id taken by other content writes nothing of the batch", async () => {
     const t = setup();
     await enqueue(t, "a");
-    await expect(enqueue(t, "b", "a")).rejects.toThrow(/exists/);
+    const other = { ...item("a"), payload: { n: "something else" } };
+    await expect(
+      t.mutation(internal.workItems.enqueueBatch, { items: [item("b"), other] }),
+    ).rejects.toThrow(/exists with other content/);
     expect(await t.query(internal.workItems.get, { itemId: "b" })).toBeNull();
+  });
+
+  test("the same batch sent again (a retry after a lost reply) adds nothing", async () => {
+    const t = setup();
+    await enqueue(t, "a", "b");
+    expect(await enqueue(t, "a", "b")).toEqual(["a", "b"]);
+    const counts = await t.query(internal.workItems.countByStatus, {});
+    expect(counts.pending).toBe(2);
   });
 
   test("claims only the operations asked for", async () => {
