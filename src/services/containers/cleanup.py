@@ -14,6 +14,7 @@ from typing import Any
 from src.services.containers.models import ContainerJobStatus, ExecutorHost
 from src.services.containers.service import ContainerJobService
 from src.services.domain import utcnow
+from src.services.errors import Conflict
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,15 @@ async def _stop_stale(service: ContainerJobService, cutoff: Any, dry_run: bool) 
         for job in await store.container_list(status=status, limit=1000):
             if job.created_at >= cutoff:
                 continue
-            stopped += 1
-            if not dry_run:
-                await service.cancel_job(job.id, reason="stale: stopped by cleanup_containers")
+            if dry_run:
+                stopped += 1
+                continue
+            try:  # it may have ended since it was listed
+                stopped += await service.cancel_job(
+                    job.id, reason="stale: stopped by cleanup_containers"
+                )
+            except Conflict:
+                continue
     return stopped
 
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from src.services.containers.models import ContainerJob, ExecutorType
+from src.services.containers.models import ENV_KEY, ContainerJob, ExecutorType
 from src.services.containers.service import ContainerJobService
 from src.services.domain import BulkJobStage, BulkJobStatus
 from src.services.errors import InvalidInput
@@ -77,9 +77,19 @@ def validate(job_data: dict[str, Any]) -> dict[str, Any]:
     if not data.image.strip():
         raise InvalidInput("job_data.image", "an image is required")
     for index, item in enumerate(data.items):
-        if "\n" in item_text(item):  # it travels as one KEY=value line
+        if _breaks_line(item_text(item)):  # it travels as one KEY=value line
             raise InvalidInput(f"job_data.items.{index}", "may not contain a line break")
+    for key, value in data.environment.items():
+        if not ENV_KEY.match(key):
+            raise InvalidInput("job_data.environment", f"{key!r} is not a variable name")
+        if _breaks_line(value):
+            raise InvalidInput(f"job_data.environment.{key}", "may not contain a line break")
     return data.model_dump(exclude_none=True)
+
+
+def _breaks_line(text: str) -> bool:
+    """Whether str.splitlines would split it (\r, \u2028 and friends, not only \n)."""
+    return len(f"{text}x".splitlines()) > 1
 
 
 def item_text(item: Any) -> str:
