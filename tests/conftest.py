@@ -72,5 +72,5 @@ def docker_url() -> str:
         message = f"no Docker engine with {DOCKER_IMAGE} at {url} ({exc}); run scripts/docker-ci.sh"
         if os.environ.get("REQUIRE_DOCKER") == "1":
             pytest.fail(message)
-        pytest.skip(message)
+        pytest.skip(reason=message)
     return url

@@ -47,7 +47,7 @@ def chromium() -> Path:
             message = f"no Chromium at {CHROMIUM} ({problem}); install Debian's chromium package"
             if os.environ.get("BROWSER_TESTS_REQUIRED"):
                 pytest.fail(message)
-            pytest.skip(message)
+            pytest.skip(reason=message)
     return CHROMIUM
 
 

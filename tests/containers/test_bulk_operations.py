@@ -284,7 +284,7 @@ async def test_ten_thousand_jobs_in_batches_of_500(
 ) -> None:
     """End to end; on Convex only with BULKJOBS_SLOW_TESTS=1 (about 35 s, see SLOW)."""
     if isinstance(store, ConvexStore) and not SLOW:
-        pytest.skip("35 s on the Convex test server; set BULKJOBS_SLOW_TESTS=1")
+        pytest.skip(reason="35 s on the Convex test server; set BULKJOBS_SLOW_TESTS=1")
     started = time.perf_counter()
     jobs, errors = await ops.create_jobs_bulk("alpine", 10_000, "alice", host, batch_size=500)
     elapsed = time.perf_counter() - started

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from src.services.containers.executors.errors import ExecutorError
 from src.services.containers.models import SECRET_KEYS, ContainerJob
 
 State = Literal["running", "exited", "failed", "not-found"]
@@ -65,6 +68,21 @@ class ContainerExecutor(Protocol):
     async def get_capabilities(self) -> dict[str, Any]: ...
 
     async def aclose(self) -> None: ...
+
+
+async def probe_health(check: Callable[[], Awaitable[str | None]]) -> dict[str, Any]:
+    """get_health_status from one cheap backend call: `check` returns a problem or None (an
+    ExecutorError it raises is the problem), timed."""
+    started = time.perf_counter()
+    try:
+        error = await check()
+    except ExecutorError as exc:
+        error = str(exc)
+    return {
+        "healthy": error is None,
+        "error": error,
+        "response_time": time.perf_counter() - started,
+    }
 
 
 def cap_log(text: str) -> str:

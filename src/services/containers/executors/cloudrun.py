@@ -13,7 +13,6 @@ import asyncio
 import json
 import re
 import shlex
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -34,6 +33,7 @@ from src.services.containers.executors.base import (
     LaunchResult,
     cap_log,
     final_status,
+    probe_health,
     scrub,
     secret_values,
 )
@@ -268,23 +268,15 @@ class CloudRunExecutor:
         return True
 
     async def get_health_status(self) -> dict[str, Any]:
-        started = time.perf_counter()
-        error: str | None = None
-
         def get_job() -> run_v2.Job:
             return self._jobs_client().get_job(
                 name=self.job_path, retry=None, timeout=CALL_TIMEOUT_S
             )
 
-        try:
+        async def check() -> None:
             await self._run(get_job, "get job")
-        except ExecutorError as exc:
-            error = str(exc)
-        return {
-            "healthy": error is None,
-            "error": error,
-            "response_time": time.perf_counter() - started,
-        }
+
+        return await probe_health(check)
 
     async def get_capabilities(self) -> dict[str, Any]:
         return {

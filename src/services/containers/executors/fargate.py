@@ -29,6 +29,7 @@ from src.services.containers.executors.base import (
     LaunchResult,
     cap_log,
     final_status,
+    probe_health,
     scrub,
     secret_values,
 )
@@ -266,20 +267,14 @@ class FargateExecutor:
         await self._call("ecs", "stop_task", cluster=self.cluster, task=task_arn, reason=reason)
 
     async def get_health_status(self) -> dict[str, Any]:
-        started = time.perf_counter()
-        error: str | None = None
-        try:
+        async def check() -> str | None:
             response = await self._call("ecs", "describe_clusters", clusters=[self.cluster])
             clusters = response.get("clusters") or []
             if not clusters or clusters[0].get("status") != "ACTIVE":
-                error = f"fargate: cluster {self.cluster} is not active"
-        except ExecutorError as exc:
-            error = str(exc)
-        return {
-            "healthy": error is None,
-            "error": error,
-            "response_time": time.perf_counter() - started,
-        }
+                return f"fargate: cluster {self.cluster} is not active"
+            return None
+
+        return await probe_health(check)
 
     async def get_capabilities(self) -> dict[str, Any]:
         return {

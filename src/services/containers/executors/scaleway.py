@@ -20,6 +20,7 @@ from src.services.containers.executors.base import (
     HarvestResult,
     LaunchResult,
     final_status,
+    probe_health,
     scrub,
     secret_values,
 )
@@ -167,17 +168,10 @@ class ScalewayExecutor:
         return True
 
     async def get_health_status(self) -> dict[str, Any]:
-        started = time.perf_counter()
-        error: str | None = None
-        try:
+        async def check() -> None:
             await self._request("GET", f"/job-definitions/{self.job_definition_id}")
-        except ExecutorError as exc:
-            error = str(exc)
-        return {
-            "healthy": error is None,
-            "error": error,
-            "response_time": time.perf_counter() - started,
-        }
+
+        return await probe_health(check)
 
     async def get_capabilities(self) -> dict[str, Any]:
         return {
