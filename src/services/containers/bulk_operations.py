@@ -192,9 +192,8 @@ class ContainerBulkOperations:
 
     async def _fresh_host(self, host: str | ExecutorHost) -> ExecutorHost:
         """The host as stored now (a passed-in ExecutorHost may be stale)."""
-        store = await self.store()
         key = host.id if isinstance(host, ExecutorHost) else host
-        found = await store.host_get(key) or await store.host_get_by_name(key)
+        found = await self.service.find_host(key)
         if found is None:
             raise InvalidInput("target_host", f"no executor host {key!r}")
         return found

@@ -11,6 +11,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from src.services.containers.bulk_operations import ContainerBulkOperations
 from src.services.containers.models import ContainerJobStatus, ExecutorHost
 from src.services.containers.service import ContainerJobService
 from src.services.domain import utcnow
@@ -33,7 +34,7 @@ async def cleanup_containers(
     cutoff = utcnow() - timedelta(days=days)
     if force:
         result["stopped"] = await _stop_stale(service, cutoff, dry_run)
-    result["jobs"] = await _delete_old(service, cutoff, dry_run)
+    result["jobs"] = await _delete_old(service, days, dry_run)
     store = await service.store()
     for host in await store.host_list(active_only=True):
         try:
@@ -43,21 +44,17 @@ async def cleanup_containers(
     return result
 
 
-async def _delete_old(service: ContainerJobService, cutoff: Any, dry_run: bool) -> int:
-    store = await service.store()
+async def _delete_old(service: ContainerJobService, days: int, dry_run: bool) -> int:
     if dry_run:
+        store = await service.store()
+        cutoff = utcnow() - timedelta(days=days)
         finished = [s for s in ContainerJobStatus if s.value not in UNFINISHED]
         total = 0
         for status in finished:
             jobs = await store.container_list(status=status.value, limit=1000)
             total += sum(1 for job in jobs if job.created_at < cutoff)
         return total
-    removed = 0
-    while True:
-        count = await store.container_remove_finished_before(cutoff, DELETE_BATCH)
-        removed += count
-        if count < DELETE_BATCH:
-            return removed
+    return await ContainerBulkOperations(service).bulk_cleanup_old_jobs(days, DELETE_BATCH)
 
 
 async def _stop_stale(service: ContainerJobService, cutoff: Any, dry_run: bool) -> int:

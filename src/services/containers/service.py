@@ -137,8 +137,7 @@ class ContainerJobService:
     ) -> EnvironmentVariableTemplate | None:
         if template is None or isinstance(template, EnvironmentVariableTemplate):
             return template
-        store = await self.store()
-        found = await store.template_get_by_name(template) or await store.template_get(template)
+        found = await self.find_template(template)
         if found is None:
             raise InvalidInput("environment_template", f"no template named {template!r}")
         return found
@@ -150,7 +149,7 @@ class ContainerJobService:
         if isinstance(host, ExecutorHost):
             return [host]
         if host is not None:
-            found = await store.host_get(host) or await store.host_get_by_name(host)
+            found = await self.find_host(host)
             if found is None:
                 raise InvalidInput("host", f"no executor host {host!r}")
             return [found]
@@ -243,19 +242,20 @@ class ContainerJobService:
         await (await self.store()).host_create(host)
         return host
 
-    async def get_host(self, host_id: str) -> ExecutorHost:
-        """By id or name."""
+    async def find_host(self, key: str) -> ExecutorHost | None:
+        """A host by id or name."""
         store = await self.store()
-        host = await store.host_get(host_id) or await store.host_get_by_name(host_id)
+        return await store.host_get(key) or await store.host_get_by_name(key)
+
+    async def get_host(self, key: str) -> ExecutorHost:
+        """A host by id or name; NotFound otherwise."""
+        host = await self.find_host(key)
         if host is None:
-            raise NotFound(f"executor host {host_id} not found")
+            raise NotFound(f"executor host {key} not found")
         return host
 
     async def update_host(self, host_id: str, **fields: Any) -> ExecutorHost:
-        store = await self.store()
-        host = await store.host_get(host_id)
-        if host is None:
-            raise NotFound(f"executor host {host_id} not found")
+        host = await self.get_host(host_id)
         if "executor_config" in fields:
             # A config read back from GET /hosts carries *** for secrets: keep the stored ones.
             fields["executor_config"] = _keep_redacted(
@@ -265,7 +265,7 @@ class ContainerJobService:
             ExecutorHost.model_validate(host.model_dump() | fields)
         except ValidationError as exc:
             raise invalid_input(exc) from None
-        return await store.host_update(host_id, fields)
+        return await (await self.store()).host_update(host.id, fields)
 
     async def increment_job_count(self, host_id: str) -> ExecutorHost:
         """Take a slot on the host atomically (no-op when full); returns the host."""
@@ -277,16 +277,14 @@ class ContainerJobService:
 
     async def check_host_health(self, host_id: str) -> dict[str, Any]:
         """Ask the host's executor; record the outcome (3 failures in a row: unavailable)."""
-        store = await self.store()
-        host = await store.host_get(host_id)
-        if host is None:
-            raise NotFound(f"executor host {host_id} not found")
+        host = await self.get_host(host_id)
         try:
             executor = await (await self.factory()).executor_for_host(host)
             health = await executor.get_health_status()
         except Exception as exc:
             health = {"healthy": False, "error": str(exc), "response_time": None}
-        updated = await store.host_record_health(host_id, bool(health.get("healthy")))
+        store = await self.store()
+        updated = await store.host_record_health(host.id, bool(health.get("healthy")))
         return health | {"health_check_failures": updated.health_check_failures}
 
     # -- templates -------------------------------------------------------------------------
@@ -300,21 +298,24 @@ class ContainerJobService:
         await (await self.store()).template_create(template)
         return template
 
-    async def get_template(self, template_id: str) -> EnvironmentVariableTemplate:
-        """By id or name."""
+    async def find_template(self, key: str) -> EnvironmentVariableTemplate | None:
+        """A template by id or name."""
         store = await self.store()
-        found = await store.template_get(template_id) or await store.template_get_by_name(
-            template_id
-        )
+        return await store.template_get(key) or await store.template_get_by_name(key)
+
+    async def get_template(self, key: str) -> EnvironmentVariableTemplate:
+        """A template by id or name; NotFound otherwise."""
+        found = await self.find_template(key)
         if found is None:
-            raise NotFound(f"template {template_id} not found")
+            raise NotFound(f"template {key} not found")
         return found
 
     async def update_template(self, template_id: str, **fields: Any) -> EnvironmentVariableTemplate:
         if "environment_variables_text" in fields:
             parse_env_text(fields["environment_variables_text"])
+        template = await self.get_template(template_id)
         try:
-            return await (await self.store()).template_update(template_id, fields)
+            return await (await self.store()).template_update(template.id, fields)
         except ValidationError as exc:
             raise invalid_input(exc) from None
 
