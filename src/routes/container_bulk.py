@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from src.routes.deps import AdminUser, CurrentUser
+from src.routes.deps import AdminUser, CurrentUser, owner_filter
 from src.services.containers.bulk_operations import (
     MAX_BULK_CREATION_LIMIT,
     WRITE_CHUNK,
@@ -21,7 +21,6 @@ from src.services.containers.bulk_operations import (
 )
 from src.services.containers.models import ContainerJobStatus, ExecutorType
 from src.services.containers.service import ContainerJobService
-from src.services.domain import ApiToken
 
 router = APIRouter(prefix="/container-jobs/bulk", tags=["container jobs (bulk)"])
 
@@ -36,11 +35,6 @@ async def get_bulk_operations(request: Request) -> ContainerBulkOperations:
 BulkOps = Annotated[ContainerBulkOperations, Depends(get_bulk_operations)]
 JobId = Annotated[str, Field(min_length=1, max_length=100)]
 JobIds = Annotated[list[JobId], Field(min_length=1, max_length=MAX_IDS)]
-
-
-def _owner(user: ApiToken) -> str | None:
-    """None (every job) for an admin, else the caller's own user id."""
-    return None if user.is_admin else user.user_id
 
 
 class BulkCreate(BaseModel):
@@ -137,7 +131,7 @@ async def change_status(body: StatusChange, user: CurrentUser, ops: BulkOps) -> 
             status_code=403, detail="only admins may set a status other than cancelled"
         )
     count, errors = await ops.bulk_update_job_status(
-        body.job_ids, body.status, body.reason, owner=_owner(user)
+        body.job_ids, body.status, body.reason, owner=owner_filter(user)
     )
     return BulkResult(count=count, errors=errors)
 
@@ -146,7 +140,7 @@ async def change_status(body: StatusChange, user: CurrentUser, ops: BulkOps) -> 
 async def migrate_jobs(body: Migration, user: CurrentUser, ops: BulkOps) -> BulkResult:
     """Move jobs that have not started to another host (by id or name)."""
     count, errors = await ops.migrate_jobs_to_host(
-        body.job_ids, body.target_host, owner=_owner(user), trusted=user.is_admin
+        body.job_ids, body.target_host, owner=owner_filter(user), trusted=user.is_admin
     )
     return BulkResult(count=count, errors=errors)
 
@@ -154,7 +148,7 @@ async def migrate_jobs(body: Migration, user: CurrentUser, ops: BulkOps) -> Bulk
 @router.post("/delete", response_model=BulkResult)
 async def delete_jobs(body: Deletion, user: CurrentUser, ops: BulkOps) -> BulkResult:
     """Delete finished jobs; with `force`, unfinished ones too (containers stopped first)."""
-    count, errors = await ops.bulk_delete_jobs(body.job_ids, body.force, owner=_owner(user))
+    count, errors = await ops.bulk_delete_jobs(body.job_ids, body.force, owner=owner_filter(user))
     return BulkResult(count=count, errors=errors)
 
 

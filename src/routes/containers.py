@@ -11,7 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from src.routes.deps import AdminUser, CurrentUser
+from src.routes.deps import AdminUser, CurrentUser, owner_filter
 from src.services.containers.models import (
     ContainerJob,
     ContainerJobStatus,
@@ -84,11 +84,6 @@ def job_view(job: ContainerJob) -> dict[str, Any]:
     return job.model_dump(mode="json", exclude=LOG_FIELDS | {"lease_owner", "lease_expires_at"})
 
 
-def _owner(user: Any) -> str | None:
-    """None (everyone's) for an admin, else the caller's own user id."""
-    return None if user.is_admin else str(user.user_id)
-
-
 @router.post("/container-jobs", status_code=201)
 async def create_container_job(
     body: ContainerJobCreate, user: CurrentUser, service: Containers
@@ -131,7 +126,7 @@ async def list_container_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> list[dict[str, Any]]:
     """Your container jobs (an admin's: everyone's, or `created_by`'s), newest first."""
-    owner = _owner(user) or created_by
+    owner = owner_filter(user) or created_by
     jobs = await service.list_jobs(
         status=status.value if status else None,
         host=host,
@@ -144,13 +139,13 @@ async def list_container_jobs(
 
 @router.get("/container-jobs/{job_id}")
 async def get_container_job(job_id: str, user: CurrentUser, service: Containers) -> dict[str, Any]:
-    return job_view(await service.get_job(job_id, _owner(user)))
+    return job_view(await service.get_job(job_id, owner_filter(user)))
 
 
 @router.get("/container-jobs/{job_id}/logs", response_model=Logs)
 async def get_container_logs(job_id: str, user: CurrentUser, service: Containers) -> Logs:
     """stdout and stderr: live while the job runs, stored once it has ended."""
-    return Logs.model_validate(await service.get_logs(job_id, _owner(user)))
+    return Logs.model_validate(await service.get_logs(job_id, owner_filter(user)))
 
 
 @router.post("/container-jobs/{job_id}/cancel", response_model=Cancelled)
@@ -158,8 +153,8 @@ async def cancel_container_job(
     job_id: str, user: CurrentUser, service: Containers, body: CancelBody | None = None
 ) -> Cancelled:
     """Cancel the job and stop its container; `cancelled` is false if it had already ended."""
-    done = await service.cancel_job(job_id, _owner(user), (body or CancelBody()).reason)
-    job = await service.get_job(job_id, _owner(user))
+    done = await service.cancel_job(job_id, owner_filter(user), (body or CancelBody()).reason)
+    job = await service.get_job(job_id, owner_filter(user))
     return Cancelled(job_id=job_id, cancelled=done, status=job.status.value)
 
 

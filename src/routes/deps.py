@@ -61,5 +61,10 @@ async def admin_user(user: Annotated[ApiToken, Depends(current_user)]) -> ApiTok
     return user
 
 
+def owner_filter(user: ApiToken) -> str | None:
+    """Whose jobs a caller may act on: None (everyone's) for an admin, else their own."""
+    return None if user.is_admin else user.user_id
+
+
 CurrentUser = Annotated[ApiToken, Depends(current_user)]
 AdminUser = Annotated[ApiToken, Depends(admin_user)]

@@ -22,7 +22,7 @@ from src.services.containers.models import (
     ExecutorHost,
     check_transition,
 )
-from src.services.domain import utcnow
+from src.services.domain import from_epoch, utcnow
 from src.services.errors import Conflict, HostFull, NotFound
 
 T = TypeVar("T")
@@ -214,7 +214,7 @@ class LocalContainerOps:
         for row in rows:
             job = ContainerJob.model_validate_json(row[0])
             job.lease_owner = owner
-            job.lease_expires_at = _at(now + lease_s)
+            job.lease_expires_at = from_epoch(now + lease_s)
             _save(conn, job)
             claimed.append(job)
         return claimed
@@ -257,7 +257,7 @@ class LocalContainerOps:
             return job.status.value
         if job.lease_owner != owner:
             raise Conflict(f"lease on container job {job_id} was lost to {job.lease_owner!r}")
-        job.lease_expires_at = _at(self._clock() + lease_s)
+        job.lease_expires_at = from_epoch(self._clock() + lease_s)
         _save(conn, job)
         return job.status.value
 
@@ -317,12 +317,6 @@ class LocalContainerOps:
     async def template_list(self) -> list[EnvironmentVariableTemplate]:
         docs = await self._read(_docs_where, "env_templates", None, None)
         return [EnvironmentVariableTemplate.model_validate_json(doc) for doc in docs]
-
-
-def _at(epoch_s: float) -> Any:
-    from src.services.domain import from_epoch
-
-    return from_epoch(epoch_s)
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -460,7 +454,7 @@ def _release_job(conn: sqlite3.Connection, job_id: str, owner: str) -> None:
         return
     job.lease_owner = None
     # Unfinished: claimable again at once (an expiry in the past); finished: no lease.
-    job.lease_expires_at = None if job.is_terminal_status else _at(0)
+    job.lease_expires_at = None if job.is_terminal_status else from_epoch(0)
     _save(conn, job)
 
 
