@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import zipfile
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,15 +16,32 @@ import pytest
 from tests.integration.conftest import Api
 
 
-async def wait_container(api: Api, job_id: str, headers: dict[str, str]) -> dict[str, Any]:
-    for _ in range(1500):
-        job: dict[str, Any] = (
-            await api.client.get(f"/container-jobs/{job_id}", headers=headers)
-        ).json()
-        if job["status"] in ("completed", "failed", "timeout", "cancelled"):
-            return job
+async def poll(
+    api: Api,
+    path: str,
+    done: Callable[[Any], bool],
+    headers: dict[str, str],
+    params: dict[str, str] | None = None,
+    tries: int = 500,
+) -> Any:
+    """GET `path` every 20 ms until `done(body)`; returns the last body either way."""
+    body: Any = None
+    for _ in range(tries):
+        body = (await api.client.get(path, params=params, headers=headers)).json()
+        if done(body):
+            break
         await asyncio.sleep(0.02)
-    raise AssertionError(f"container job did not finish: {job}")
+    return body
+
+
+async def wait_container(api: Api, job_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    finished = ("completed", "failed", "timeout", "cancelled")
+    job: dict[str, Any] = await poll(
+        api, f"/container-jobs/{job_id}", lambda job: job["status"] in finished, headers, tries=1500
+    )
+    if job["status"] not in finished:
+        raise AssertionError(f"container job did not finish: {job}")
+    return job
 
 
 async def test_admin_runs_a_local_job_and_reads_its_logs(api: Api) -> None:
@@ -87,11 +105,7 @@ async def test_cancel_over_http_stops_the_job(api: Api) -> None:
         headers=api.admin,
     )
     job_id = response.json()["id"]
-    for _ in range(500):
-        job = (await api.client.get(f"/container-jobs/{job_id}", headers=api.admin)).json()
-        if job["status"] == "running":
-            break
-        await asyncio.sleep(0.02)
+    await poll(api, f"/container-jobs/{job_id}", lambda job: job["status"] == "running", api.admin)
     cancel = await api.client.post(f"/container-jobs/{job_id}/cancel", headers=api.admin)
     assert cancel.json() == {"job_id": job_id, "cancelled": True, "status": "cancelled"}
     again = await api.client.post(f"/container-jobs/{job_id}/cancel", headers=api.admin)
@@ -284,28 +298,17 @@ async def test_cancelling_a_container_batch_cancels_its_containers(api: Api) -> 
         headers=api.admin,
     )
     job_id = response.json()["job_id"]
-    for _ in range(500):
-        running = (
-            await api.client.get(
-                "/container-jobs",
-                params={"bulk_job_id": job_id, "status": "running"},
-                headers=api.admin,
-            )
-        ).json()
-        if len(running) == 2:
-            break
-        await asyncio.sleep(0.02)
+    params = {"bulk_job_id": job_id, "status": "running"}
+    running = await poll(api, "/container-jobs", lambda jobs: len(jobs) == 2, api.admin, params)
     assert len(running) == 2
     await api.client.post(f"/bulk-jobs/{job_id}/cancel", headers=api.admin)
-    for _ in range(500):
-        jobs = (
-            await api.client.get(
-                "/container-jobs", params={"bulk_job_id": job_id}, headers=api.admin
-            )
-        ).json()
-        if jobs and all(job["status"] == "cancelled" for job in jobs):
-            break
-        await asyncio.sleep(0.02)
+    jobs = await poll(
+        api,
+        "/container-jobs",
+        lambda jobs: bool(jobs) and all(job["status"] == "cancelled" for job in jobs),
+        api.admin,
+        {"bulk_job_id": job_id},
+    )
     assert [job["status"] for job in jobs] == ["cancelled", "cancelled"]
     host = (await api.client.get("/hosts/local", headers=api.admin)).json()
     assert host["current_job_count"] == 0
