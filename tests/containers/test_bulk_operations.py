@@ -121,6 +121,19 @@ def ops(service: ContainerJobService) -> ContainerBulkOperations:
 
 
 @pytest.fixture
+def stopped(ops: ContainerBulkOperations, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Ids of the jobs whose containers the operations stopped (nothing really stops)."""
+    ids: list[str] = []
+
+    async def stop(job: ContainerJob) -> bool:
+        ids.append(job.id)
+        return True
+
+    monkeypatch.setattr(ops.service, "stop_container", stop)
+    return ids
+
+
+@pytest.fixture
 async def host(store: Any) -> ExecutorHost:
     # Room for every job the tests move to running: a full host refuses more (HostFull).
     created = make_host("mock", name="source-host", max_concurrent_jobs=10_000)
@@ -498,15 +511,8 @@ async def test_cancelling_running_jobs_stops_their_containers(
     ops: ContainerBulkOperations,
     store: Any,
     host: ExecutorHost,
-    monkeypatch: pytest.MonkeyPatch,
+    stopped: list[str],
 ) -> None:
-    stopped: list[str] = []
-
-    async def stop(job: ContainerJob) -> bool:
-        stopped.append(job.id)
-        return True
-
-    monkeypatch.setattr(ops.service, "stop_container", stop)
     running = await add_jobs(store, host, 3, "running")
     pending = await add_jobs(store, host, 2)
     updated, errors = await ops.bulk_cancel_jobs(running + pending)
@@ -518,15 +524,8 @@ async def test_cancelling_running_jobs_stops_their_containers(
 
 
 async def test_stop_start_and_restart(
-    ops: ContainerBulkOperations, store: Any, host: ExecutorHost, monkeypatch: pytest.MonkeyPatch
+    ops: ContainerBulkOperations, store: Any, host: ExecutorHost, stopped: list[str]
 ) -> None:
-    stopped: list[str] = []
-
-    async def stop(job: ContainerJob) -> bool:
-        stopped.append(job.id)
-        return True
-
-    monkeypatch.setattr(ops.service, "stop_container", stop)
     (running,) = await add_jobs(store, host, 1, "running")
     (pending,) = await add_jobs(store, host, 1)
     (failed,) = await add_jobs(store, host, 1, "failed")
@@ -606,15 +605,8 @@ async def test_bulk_delete_jobs_with_active_jobs(
 
 
 async def test_forced_delete_stops_containers_and_frees_slots(
-    ops: ContainerBulkOperations, store: Any, host: ExecutorHost, monkeypatch: pytest.MonkeyPatch
+    ops: ContainerBulkOperations, store: Any, host: ExecutorHost, stopped: list[str]
 ) -> None:
-    stopped: list[str] = []
-
-    async def stop(job: ContainerJob) -> bool:
-        stopped.append(job.id)
-        return True
-
-    monkeypatch.setattr(ops.service, "stop_container", stop)
     running = await add_jobs(store, host, 2, "running")
     queued = await add_jobs(store, host, 1, "queued")
     assert await slots(store, host) == 2
