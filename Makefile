@@ -53,6 +53,7 @@ bench: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python bench/exports.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/convex_store.py
+	$(BIN)/python bench/convex_latency.py
 	$(BIN)/python bench/containers.py
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/bulk_ops.py

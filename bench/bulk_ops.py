@@ -57,7 +57,10 @@ async def one_by_one(service: ContainerJobService, jobs: int, batch_size: int) -
 
 async def run_once(scenario: Scenario, jobs: int, batch_size: int, root: Path) -> tuple[float, int]:
     settings = load_settings(
-        bulk_export_path=root / "exports", bulkjobs_db_path=root / f"{scenario.__name__}.db"
+        bulk_export_path=root / "exports",
+        bulkjobs_db_path=root / f"{scenario.__name__}.db",
+        # The per-user quota is checked as in service, with room for every job.
+        bulkjobs_user_max_unfinished_container_jobs=max(jobs, 1000),
     )
     store = CountingStore(settings.bulkjobs_db_path)
     await store.open()

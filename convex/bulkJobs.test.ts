@@ -121,7 +121,7 @@ describe("status and stages", () => {
       await t.mutation(internal.bulkJobs.updateStageProgress, {
         ...args, progress: 7, itemsCompleted: 8, itemsFailed: 2, metadata: { k: "v" },
       }),
-    ).toBe("processing");
+    ).toBe("initializing");
     await t.mutation(internal.bulkJobs.updateStageProgress, {
       ...args, progress: -1, itemsCompleted: 3, itemsFailed: 1,
     });
@@ -161,6 +161,72 @@ describe("status and stages", () => {
     stage = (await t.query(internal.bulkJobs.getJobInternal, { jobId }))!.stages[0];
     expect(stage.itemsCompleted).toBe(4);
     await expectCode(t.mutation(internal.bulkJobs.completeStage, args), "CONFLICT");
+  });
+});
+
+describe("the job follows its stages", () => {
+  const FIVE = ["initialization", "content_fetch", "content_processing", "export_preparation", "export_generation"];
+  const job = async (t: T, jobId: string) => (await t.query(internal.bulkJobs.getJobInternal, { jobId }))!;
+
+  test("driven by hand through every stage: initializing, processing, exporting, completed", async () => {
+    const t = setup();
+    const jobId = await create(t, { stages: FIVE });
+    const seen = [];
+    for (const stage of FIVE) {
+      await t.mutation(internal.bulkJobs.startStage, { jobId, stage, itemsTotal: 3 });
+      const running = await job(t, jobId);
+      seen.push(running.status);
+      expect(running.currentStage).toBe(stage);
+      expect(running.startedAt).toBeDefined();
+      await t.mutation(internal.bulkJobs.completeStage, { jobId, stage, itemsCompleted: 3 });
+    }
+    expect(seen).toEqual(["initializing", "processing", "processing", "exporting", "exporting"]);
+    const done = await job(t, jobId);
+    expect(done).toMatchObject({ status: "completed", currentStage: "export_generation" });
+    expect(done.completedAt).toBeDefined();
+  });
+
+  test("a stage failure fails the job with its error and stage; a late call is a conflict", async () => {
+    const t = setup();
+    const jobId = await create(t, { stages: FIVE });
+    await t.mutation(internal.bulkJobs.claim, { owner: "w1", leaseMs: 30_000, jobTypes: ["demo"], limit: 1 });
+    await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "content_fetch" });
+    await t.mutation(internal.bulkJobs.failStage, { jobId, stage: "content_fetch", errorMessage: "network down" });
+    const failed = await job(t, jobId);
+    expect(failed).toMatchObject({ status: "failed", errorMessage: "network down", currentStage: "content_fetch" });
+    expect(failed.completedAt).toBeDefined();
+    expect(failed.leaseOwner).toBeUndefined();
+    for (const late of [
+      t.mutation(internal.bulkJobs.startStage, { jobId, stage: "content_processing" }),
+      t.mutation(internal.bulkJobs.completeStage, { jobId, stage: "content_fetch" }),
+      t.mutation(internal.bulkJobs.failStage, { jobId, stage: "initialization", errorMessage: "x" }),
+    ]) {
+      await expectCode(late, "CONFLICT");
+    }
+    expect((await job(t, jobId)).status).toBe("failed");
+  });
+
+  test("fatal: false fails the stage only; the job completes when nothing is left to run", async () => {
+    const t = setup();
+    const jobId = await create(t);
+    await t.mutation(internal.bulkJobs.startStage, { jobId, stage: STAGES[0] });
+    await t.mutation(internal.bulkJobs.failStage, { jobId, stage: STAGES[0], errorMessage: "soft", fatal: false });
+    expect(await job(t, jobId)).toMatchObject({ status: "initializing" });
+    expect((await job(t, jobId)).errorMessage).toBeUndefined();
+    await t.mutation(internal.bulkJobs.startStage, { jobId, stage: STAGES[1] });
+    expect((await job(t, jobId)).status).toBe("processing");
+    await t.mutation(internal.bulkJobs.completeStage, { jobId, stage: STAGES[1] });
+    expect((await job(t, jobId)).status).toBe("completed");
+  });
+
+  test("a cancelled job is never revived by a stage call", async () => {
+    const t = setup();
+    const jobId = await create(t);
+    await t.mutation(internal.bulkJobs.startStage, { jobId, stage: STAGES[0] });
+    await t.mutation(internal.bulkJobs.updateStatus, { jobId, status: "cancelled" });
+    await expectCode(t.mutation(internal.bulkJobs.startStage, { jobId, stage: STAGES[1] }), "CONFLICT");
+    await expectCode(t.mutation(internal.bulkJobs.completeStage, { jobId, stage: STAGES[0] }), "CONFLICT");
+    expect((await job(t, jobId)).status).toBe("cancelled");
   });
 });
 
@@ -262,11 +328,47 @@ describe("lists and exports", () => {
     vi.useRealTimers();
   });
 
+  // 205 creates one after another: seconds on a busy machine (vitest.config.ts gives 30 s).
   test("more than a page of jobs is cut to the page size", async () => {
     const t = setup();
     for (let i = 0; i < 205; i++) await create(t, { userId: "many" });
     const page = await t.query(internal.bulkJobs.getUserJobsInternal, { userId: "many", limit: 1000 });
     expect(page).toHaveLength(200);
+  });
+
+  test("addExport again under the same id replaces the export", async () => {
+    const t = setup();
+    const jobId = await create(t);
+    const other = await create(t);
+    const base = {
+      jobId, userId: "u1", format: "json" as const, filename: "e.json", relativePath: `${jobId}/e.json`,
+      contentType: "application/json", sizeBytes: 12, sha256: "ab".repeat(32), createdAt: Date.now(),
+      exportId: "fixed", expiresAt: Date.now() + 60_000,
+    };
+    await t.mutation(internal.bulkJobs.addExport, base);
+    await t.mutation(internal.bulkJobs.addExport, { ...base, sizeBytes: 99 });
+    const job = await t.query(internal.bulkJobs.getJobInternal, { jobId });
+    expect(job?.exports.map((e) => [e.exportId, e.sizeBytes])).toEqual([["fixed", 99]]);
+    await expectCode(t.mutation(internal.bulkJobs.addExport, { ...base, jobId: other }), "CONFLICT");
+  });
+
+  test("addExport with maxUserBytes counts the user's unexpired exports", async () => {
+    const t = setup();
+    const jobId = await create(t);
+    const base = {
+      jobId, userId: "u1", format: "json" as const, filename: "e.json", relativePath: `${jobId}/e.json`,
+      contentType: "application/json", sizeBytes: 12, sha256: "ab".repeat(32), createdAt: Date.now(),
+      exportId: "a", expiresAt: Date.now() + 60_000,
+    };
+    await t.mutation(internal.bulkJobs.addExport, { ...base, exportId: "old", expiresAt: Date.now() - 1 });
+    await t.mutation(internal.bulkJobs.addExport, { ...base, maxUserBytes: 24 });
+    await t.mutation(internal.bulkJobs.addExport, { ...base, sizeBytes: 24, maxUserBytes: 24 });
+    await expect(
+      t.mutation(internal.bulkJobs.addExport, { ...base, exportId: "b", maxUserBytes: 24 }),
+    ).rejects.toMatchObject({
+      data: expect.objectContaining({ code: "EXPORT_QUOTA", maximum: 24, usage: 24, requested: 12 }),
+    });
+    expect(await t.query(internal.bulkJobs.getUserExportBytes, { userId: "u1" })).toBe(24);
   });
 
   test("exports: add, read, expire, remove; stats", async () => {

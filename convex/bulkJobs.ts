@@ -3,7 +3,12 @@
 // getUserJobs, through which a signed-in browser watches its own jobs.
 import { v } from "convex/values";
 import { internalMutation, internalQuery, query } from "./_generated/server";
+import { jobIdsByPrefix } from "./model/idPrefixes";
+import { claimRules, releaseFailure } from "./model/attempts";
 import * as jobs from "./model/jobs";
+import { checkExportBytes, exportBytes } from "./model/quotas";
+import { deleteJob as deleteJobHandler, getFinishedBefore as finishedBefore, jobDeletion } from "./model/retention";
+import { emit } from "./model/webhooks";
 import {
   MAX_PAGE,
   exportView,
@@ -49,6 +54,7 @@ export const startStage = internalMutation({
   },
 });
 
+
 export const updateStageProgress = internalMutation({
   args: { ...stageArgs, progress: v.number(), ...counts },
   returns: jobStatus,
@@ -65,7 +71,13 @@ export const completeStage = internalMutation({
 });
 
 export const failStage = internalMutation({
-  args: { ...stageArgs, errorMessage: v.string(), metadata: v.optional(v.any()) },
+  args: {
+    ...stageArgs,
+    errorMessage: v.string(),
+    metadata: v.optional(v.any()),
+    // false: the stage fails, the job keeps running (default true: the job fails too).
+    fatal: v.optional(v.boolean()),
+  },
   returns: v.null(),
   handler: async (ctx, args) => {
     await jobs.finishStage(ctx, { ...args, target: "failed" });
@@ -73,14 +85,46 @@ export const failStage = internalMutation({
   },
 });
 
+// Idempotent by exportId: a stage resumed after a crash registers its export again under
+// the same id, replacing the record instead of adding a second one.
+// With maxUserBytes: refused (EXPORT_QUOTA, nothing written) when the owner's unexpired
+// exports, this one included, would pass it.
 export const addExport = internalMutation({
-  args: exportFields,
+  args: { ...exportFields, maxUserBytes: v.optional(v.number()) },
   returns: v.null(),
-  handler: async (ctx, args) => {
+  handler: async (ctx, { maxUserBytes, ...args }) => {
     await jobs.jobDoc(ctx, args.jobId);
-    await ctx.db.insert("bulkJobExports", args);
+    if (maxUserBytes !== undefined) await checkExportBytes(ctx, args, maxUserBytes);
+    const existing = await ctx.db
+      .query("bulkJobExports")
+      .withIndex("by_exportId", (q) => q.eq("exportId", args.exportId))
+      .unique();
+    if (existing === null) {
+      await ctx.db.insert("bulkJobExports", args);
+      await emit(ctx, "export.ready", args.userId, {
+        export_id: args.exportId,
+        job_id: args.jobId,
+        user_id: args.userId,
+        format: args.format,
+        filename: args.filename,
+        size_bytes: args.sizeBytes,
+        sha256: args.sha256,
+        expires_at: new Date(args.expiresAt).toISOString(),
+      });
+    } else if (existing.jobId !== args.jobId) {
+      jobs.fail("CONFLICT", `export ${args.exportId} belongs to another job`);
+    } else {
+      await ctx.db.replace(existing._id, args);
+    }
     return null;
   },
+});
+
+// Bytes of the user's unexpired exports (a floor past EXPORT_SCAN of them).
+export const getUserExportBytes = internalQuery({
+  args: { userId: v.string() },
+  returns: v.number(),
+  handler: async (ctx, { userId }) => (await exportBytes(ctx, userId)).bytes,
 });
 
 export const removeExport = internalMutation({
@@ -97,6 +141,8 @@ export const removeExport = internalMutation({
   },
 });
 
+// Users take turns; a user at maxRunningPerUser running jobs waits; a job whose runner died
+// holding it maxAttempts times is failed with its last error instead of claimed.
 export const claim = internalMutation({
   args: {
     owner: v.string(),
@@ -104,6 +150,7 @@ export const claim = internalMutation({
     jobTypes: v.array(v.string()),
     limit: v.number(),
     jobId: v.optional(v.string()),
+    ...claimRules,
   },
   returns: v.array(jobView),
   handler: jobs.claim,
@@ -115,8 +162,10 @@ export const heartbeat = internalMutation({
   handler: jobs.heartbeat,
 });
 
+// Without `error`: a hand-back (claimable at once, no attempt used). With it: a failed
+// attempt, claimable again after retryInMs, or failed once maxAttempts are used.
 export const release = internalMutation({
-  args: { jobId: v.string(), owner: v.string() },
+  args: { jobId: v.string(), owner: v.string(), ...releaseFailure },
   returns: v.null(),
   handler: async (ctx, args) => {
     await jobs.release(ctx, args);
@@ -173,6 +222,14 @@ export const getUserJobsInternal = internalQuery({
     }
     return found;
   },
+});
+
+// Ids starting with `prefix` (only `userId`'s when given), in id order, at most `limit`
+// (<= MAX_PAGE): how a shortened id from a listing is resolved.
+export const getJobIdsByPrefix = internalQuery({
+  args: { prefix: v.string(), userId: v.optional(v.string()), limit: v.number() },
+  returns: v.array(v.string()),
+  handler: jobIdsByPrefix,
 });
 
 export const getUserRecentJobs = internalQuery({
@@ -246,4 +303,20 @@ export const getJobStats = internalQuery({
       truncated: all.length > jobs.STATS_SCAN || exportDocs.length === jobs.STATS_SCAN,
     };
   },
+});
+
+// A finished job that no runner holds, in steps: up to `limit` (<= 500) of its container
+// jobs per call, then its stages, exports and the job itself (`done`). Callers repeat until
+// done; CONFLICT names why a job cannot go yet.
+export const deleteJob = internalMutation({
+  args: { jobId: v.string(), limit: v.number() },
+  returns: jobDeletion,
+  handler: deleteJobHandler,
+});
+
+// Ids of jobs that finished before `before` (epoch ms), oldest first, at most `limit`.
+export const getFinishedBefore = internalQuery({
+  args: { before: v.number(), limit: v.number() },
+  returns: v.array(v.string()),
+  handler: finishedBefore,
 });

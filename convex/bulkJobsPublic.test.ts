@@ -14,11 +14,16 @@ function setup() {
 }
 type T = ReturnType<typeof setup>;
 
-async function create(t: T, userId: string, stages = ["fetch", "export"]) {
+async function create(
+  t: T,
+  userId: string,
+  stages = ["content_fetch", "export_generation"],
+  jobData: Record<string, unknown> = {},
+) {
   return t.mutation(internal.bulkJobs.create, {
     jobType: "demo",
     userId,
-    jobData: { secret: "not for browsers" },
+    jobData: { secret: "not for browsers", ...jobData },
     stages,
     priority: "normal",
     ...LIMIT,
@@ -30,10 +35,10 @@ async function busyJob(t: T, userId: string) {
   const jobId = await create(t, userId);
   await t.mutation(internal.bulkJobs.claim, { owner: "runner-7", leaseMs: 60_000, jobTypes: ["demo"], limit: 1, jobId });
   await t.mutation(internal.bulkJobs.updateStatus, { jobId, status: "processing", updates: { internal: 1 } });
-  await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "fetch", itemsTotal: 10 });
-  await t.mutation(internal.bulkJobs.completeStage, { jobId, stage: "fetch", itemsCompleted: 9, itemsFailed: 1 });
-  await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "export", itemsTotal: 4 });
-  await t.mutation(internal.bulkJobs.updateStageProgress, { jobId, stage: "export", progress: 0.5, itemsCompleted: 2 });
+  await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "content_fetch", itemsTotal: 10 });
+  await t.mutation(internal.bulkJobs.completeStage, { jobId, stage: "content_fetch", itemsCompleted: 9, itemsFailed: 1 });
+  await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "export_generation", itemsTotal: 4 });
+  await t.mutation(internal.bulkJobs.updateStageProgress, { jobId, stage: "export_generation", progress: 0.5, itemsCompleted: 2 });
   await t.mutation(internal.bulkJobs.addExport, {
     exportId: "exp1", jobId, userId, format: "csv", filename: "out.csv", relativePath: `${jobId}/out.csv`,
     contentType: "text/csv", sizeBytes: 42, sha256: "ab".repeat(32), createdAt: 1000, expiresAt: 2000,
@@ -42,7 +47,7 @@ async function busyJob(t: T, userId: string) {
 }
 
 const JOB_FIELDS = [
-  "jobId", "jobType", "status", "priority", "progress", "currentStage", "itemsTotal", "itemsCompleted",
+  "jobId", "jobType", "status", "priority", "progress", "currentStage", "failedStage", "itemsTotal", "itemsCompleted",
   "itemsFailed", "errorMessage", "estimatedDurationMinutes", "createdAt", "updatedAt", "startedAt",
   "completedAt", "stages", "exports",
 ].sort();
@@ -59,14 +64,16 @@ describe("getJob", () => {
     const t = setup();
     const jobId = await busyJob(t, "alice");
     const job = await t.withIdentity({ subject: "alice" }).query(api.bulkJobs.getJob, { jobId });
+    // The job's numbers are its items (those of content_fetch); writing the export is
+    // bookkeeping, shown on its stage only.
     expect(job).toMatchObject({
-      jobId, jobType: "demo", status: "processing", priority: "normal", progress: 0.75,
-      currentStage: "export", itemsTotal: 14, itemsCompleted: 11, itemsFailed: 1, errorMessage: null,
-      completedAt: null,
+      jobId, jobType: "demo", status: "exporting", priority: "normal", progress: 0.75,
+      currentStage: "export_generation", failedStage: null, itemsTotal: 10, itemsCompleted: 9,
+      itemsFailed: 1, errorMessage: null, completedAt: null,
     });
     expect(job!.stages).toMatchObject([
-      { name: "fetch", status: "completed", progress: 1, itemsTotal: 10, itemsCompleted: 9, itemsFailed: 1 },
-      { name: "export", status: "processing", progress: 0.5, itemsTotal: 4, itemsCompleted: 2, completedAt: null },
+      { name: "content_fetch", status: "completed", progress: 1, itemsTotal: 10, itemsCompleted: 9, itemsFailed: 1 },
+      { name: "export_generation", status: "processing", progress: 0.5, itemsTotal: 4, itemsCompleted: 2, completedAt: null },
     ]);
     expect(job!.exports).toEqual([
       { exportId: "exp1", format: "csv", filename: "out.csv", contentType: "text/csv", sizeBytes: 42,
@@ -113,12 +120,55 @@ describe("getJob", () => {
     const t = setup();
     const jobId = await create(t, "alice");
     await t.mutation(internal.bulkJobs.updateStatus, { jobId, status: "processing" });
-    await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "fetch" });
-    await t.mutation(internal.bulkJobs.completeStage, { jobId, stage: "fetch" });
+    await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "content_fetch" });
+    await t.mutation(internal.bulkJobs.completeStage, { jobId, stage: "content_fetch" });
     await t.mutation(internal.bulkJobs.updateStatus, { jobId, status: "failed", errorMessage: "boom" });
     const job = (await t.withIdentity({ subject: "alice" }).query(api.bulkJobs.getJob, { jobId }))!;
-    expect(job).toMatchObject({ status: "failed", currentStage: null, progress: 0.5, itemsTotal: null, errorMessage: "boom" });
+    expect(job).toMatchObject({
+      status: "failed", currentStage: null, failedStage: null, progress: 0.5, itemsTotal: null, errorMessage: "boom",
+    });
     expect(job.completedAt).toEqual(expect.any(Number));
+  });
+
+  test("a job failed by its stage names the stage and carries its error", async () => {
+    const t = setup();
+    const jobId = await create(t, "alice");
+    await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "content_fetch", itemsTotal: 5 });
+    await t.mutation(internal.bulkJobs.failStage, { jobId, stage: "content_fetch", errorMessage: "network down" });
+    const job = (await t.withIdentity({ subject: "alice" }).query(api.bulkJobs.getJob, { jobId }))!;
+    expect(job).toMatchObject({
+      status: "failed", currentStage: null, failedStage: "content_fetch", errorMessage: "network down",
+    });
+  });
+
+  test("the job's numbers are its items: stages over the same items are not added up", async () => {
+    const t = setup();
+    const stages = ["initialization", "content_fetch", "content_processing", "export_generation"];
+    const jobId = await create(t, "alice", stages);
+    const alice = t.withIdentity({ subject: "alice" });
+    const read = async () => (await alice.query(api.bulkJobs.getJob, { jobId }))!;
+    await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "initialization", itemsTotal: 1 });
+    await t.mutation(internal.bulkJobs.completeStage, { jobId, stage: "initialization", itemsCompleted: 1 });
+    // Initialization is bookkeeping: no items yet.
+    expect(await read()).toMatchObject({ itemsTotal: null, itemsCompleted: 0, currentStage: "content_fetch" });
+    await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "content_fetch", itemsTotal: 40 });
+    await t.mutation(internal.bulkJobs.updateStageProgress, { jobId, stage: "content_fetch", progress: 0.5, itemsCompleted: 18, itemsFailed: 2 });
+    expect(await read()).toMatchObject({ itemsTotal: 40, itemsCompleted: 18, itemsFailed: 2, currentStage: "content_fetch" });
+    await t.mutation(internal.bulkJobs.completeStage, { jobId, stage: "content_fetch", itemsCompleted: 38, itemsFailed: 2 });
+    await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "content_processing", itemsTotal: 40 });
+    expect(await read()).toMatchObject({ itemsTotal: 40, itemsCompleted: 0, itemsFailed: 0 });
+    await t.mutation(internal.bulkJobs.completeStage, { jobId, stage: "content_processing", itemsCompleted: 37, itemsFailed: 3 });
+    await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "export_generation", itemsTotal: 1 });
+    await t.mutation(internal.bulkJobs.completeStage, { jobId, stage: "export_generation", itemsCompleted: 1 });
+    expect(await read()).toMatchObject({ status: "completed", itemsTotal: 40, itemsCompleted: 37, itemsFailed: 3 });
+  });
+
+  test("job data's total_items is the job's total", async () => {
+    const t = setup();
+    const jobId = await create(t, "alice", ["content_fetch"], { total_items: 50 });
+    await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "content_fetch", itemsTotal: 20 });
+    const job = (await t.withIdentity({ subject: "alice" }).query(api.bulkJobs.getJob, { jobId }))!;
+    expect(job).toMatchObject({ itemsTotal: 50, itemsCompleted: 0 });
   });
 });
 

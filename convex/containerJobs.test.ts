@@ -3,6 +3,7 @@ import { afterEach, beforeEach, describe, expect, test, vi } from "vitest";
 import { internal } from "./_generated/api";
 import { COUNT_CAP } from "./model/containerJobs";
 import { MAX_BATCH, NewJob, TRANSITIONS } from "./model/containers";
+import { HOLD_TTL_MS } from "./model/quotas";
 import schema from "./schema";
 import { modules } from "./test.setup";
 
@@ -166,7 +167,7 @@ describe("claim and leases", () => {
   test("claims by priority then age, each job once", async () => {
     const t = setup();
     const now = Date.now();
-    const [low, old, young, high] = await create(
+    const [low, old, young, high] = await withHost(
       t,
       newJob({ priority: -5, createdAt: now - 9 }),
       newJob({ createdAt: now - 5 }),
@@ -207,7 +208,7 @@ describe("claim and leases", () => {
 
   test("heartbeat extends, release frees, terminal jobs report their status", async () => {
     const t = setup();
-    const [jobId] = await create(t, newJob());
+    const [jobId] = await withHost(t, newJob());
     await t.mutation(internal.containerJobs.claim, { owner: "p1", leaseMs: 1000, limit: 1 });
     vi.advanceTimersByTime(900);
     const beat = (owner: string) =>
@@ -341,6 +342,52 @@ describe("transitions", () => {
   });
 });
 
+describe("the isolation rule", () => {
+  const bare = () => newHost("bare", { executorType: "local" });
+  const sandbox = () =>
+    newHost("sandbox", { executorType: "local", executorConfig: { allow_untrusted_jobs: true } });
+
+  test("a non-admin's job is never written to a host that does not isolate it", async () => {
+    const t = setup();
+    await t.mutation(internal.executorHosts.create, { host: bare() });
+    const users = newJob({ hostId: "bare", executorType: "local", untrusted: true });
+    await expectCode(create(t, users), "CONFLICT");
+    await expectCode(
+      t.mutation(internal.containerJobs.createCopies, { job: users, jobIds: ["c1", "c2"] }),
+      "CONFLICT",
+    );
+    expect(await t.query(internal.containerJobs.getMany, { jobIds: [users.jobId, "c1"] })).toEqual(
+      [],
+    );
+    await create(t, newJob({ hostId: "bare", executorType: "local" })); // an admin's job
+  });
+
+  test("migrate and transitions refuse it per job; a sandbox that allows it takes it", async () => {
+    const t = setup();
+    await t.mutation(internal.executorHosts.create, { host: bare() });
+    await t.mutation(internal.executorHosts.create, { host: sandbox() });
+    const [users, admins] = await withHost(t, newJob({ untrusted: true }), newJob());
+    const result = await t.mutation(internal.containerJobs.migrate, {
+      jobIds: [users, admins],
+      hostId: "bare",
+      executorType: "local",
+    });
+    expect(result.moved).toEqual([admins]);
+    expect(result.errors[0].error).toContain("host host-bare runs commands without isolation");
+    await expectCode(move(t, users, "queued", { fields: { hostId: "bare" } }), "CONFLICT");
+    expect(await t.query(internal.containerJobs.get, { jobId: users })).toMatchObject({
+      hostId: "h1",
+      status: "pending",
+    });
+    const moved = await t.mutation(internal.containerJobs.migrate, {
+      jobIds: [users],
+      hostId: "sandbox",
+      executorType: "local",
+    });
+    expect(moved.moved).toEqual([users]);
+  });
+});
+
 describe("removal and counts", () => {
   test("remove takes finished jobs, or any when forced, freeing host slots", async () => {
     const t = setup();
@@ -448,6 +495,42 @@ describe("hosts", () => {
       "NOT_FOUND",
     );
   });
+
+  test("recordHealth marks a host unhealthy at the threshold, until a probe passes", async () => {
+    const t = setup();
+    await t.mutation(internal.executorHosts.create, { host: newHost() });
+    const record = (healthy: boolean, extra: object = {}) =>
+      t.mutation(internal.executorHosts.recordHealth, {
+        hostId: "h1",
+        healthy,
+        threshold: 2,
+        ...extra,
+      });
+    const probed = await record(false, { error: "refused" });
+    expect(probed).toMatchObject({
+      healthy: true,
+      healthCheckFailures: 1,
+      lastHealthError: "refused",
+    });
+    const launch = await record(false, { error: "launch failed", probe: false });
+    expect(launch).toMatchObject({ healthy: false, lastHealthError: "launch failed" });
+    expect(launch.lastHealthCheck).toBe(probed.lastHealthCheck); // only probes move it
+    const back = await record(true);
+    expect(back).toMatchObject({ healthy: true, healthCheckFailures: 0 });
+    expect(back.lastHealthError).toBeUndefined();
+  });
+
+  test("claimProbes hands each due active host out once per interval", async () => {
+    const t = setup();
+    await t.mutation(internal.executorHosts.create, { host: newHost("h1") });
+    await t.mutation(internal.executorHosts.create, { host: newHost("h2", { isActive: false }) });
+    const claim = async () => {
+      const args = { intervalMs: 60_000, limit: 10 };
+      return (await t.mutation(internal.executorHosts.claimProbes, args)).map((h) => h.hostId);
+    };
+    expect(await claim()).toEqual(["h1"]);
+    expect(await claim()).toEqual([]);
+  });
 });
 
 describe("host counts", () => {
@@ -505,5 +588,48 @@ describe("templates", () => {
     expect(await t.query(internal.envTemplates.getByName, { name: "nope" })).toBeNull();
     const names = (await t.query(internal.envTemplates.list, {})).map((x) => x.name);
     expect(names).toEqual(["a-first", "base"]);
+  });
+});
+
+describe("unfinished job quota", () => {
+  const alice = (extra: Partial<NewJob> = {}) => newJob({ createdBy: "alice", ...extra });
+
+  test("a batch over the cap is refused whole, naming the figures", async () => {
+    const t = setup();
+    const quota = { maxUnfinished: 3, hold: 0 };
+    await withHost(t, alice({ status: "completed" }));
+    await t.mutation(internal.containerJobs.createBatch, { jobs: [alice(), alice()], quota });
+    const over = [alice(), alice()];
+    await expect(
+      t.mutation(internal.containerJobs.createBatch, { jobs: over, quota }),
+    ).rejects.toMatchObject({
+      data: expect.objectContaining({
+        code: "CONTAINER_QUOTA",
+        userId: "alice",
+        maximum: 3,
+        usage: 2,
+        requested: 2,
+      }),
+    });
+    const ids = over.map((job) => job.jobId);
+    expect(await t.query(internal.containerJobs.getMany, { jobIds: ids })).toEqual([]);
+  });
+
+  test("a creator's reservation lapses after HOLD_TTL_MS", async () => {
+    vi.useFakeTimers();
+    try {
+      const t = setup();
+      await withHost(t);
+      const hold = { maxUnfinished: 4, holdId: "h", hold: 3 };
+      const model = alice();
+      const first = { job: model, jobIds: ["a"], quota: hold };
+      await t.mutation(internal.containerJobs.createCopies, first);
+      const other = { job: model, jobIds: ["b", "c"], quota: { maxUnfinished: 4, hold: 0 } };
+      await expectCode(t.mutation(internal.containerJobs.createCopies, other), "CONTAINER_QUOTA");
+      vi.advanceTimersByTime(HOLD_TTL_MS + 1);
+      await t.mutation(internal.containerJobs.createCopies, other);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

@@ -3,7 +3,10 @@
 // deploy key; browsers cannot.
 import { v } from "convex/values";
 import { internalMutation, internalQuery } from "./_generated/server";
+import { releaseFailure } from "./model/attempts";
 import * as jobs from "./model/containerJobs";
+import { containerIdsByPrefix } from "./model/idPrefixes";
+import { containerQuota } from "./model/quotas";
 import {
   containerStatus,
   executorType,
@@ -15,17 +18,28 @@ import {
 
 const failures = v.array(v.object({ jobId: v.string(), error: v.string() }));
 
+// With a quota, each owner's unfinished jobs are counted in the same transaction (see
+// ContainerQuota in src/services/domain/containers.py): over it, CONTAINER_QUOTA and nothing
+// is written.
 export const create = internalMutation({
-  args: { job: newJob },
+  args: { job: newJob, quota: v.optional(containerQuota) },
   returns: v.null(),
-  handler: (ctx, { job }) => jobs.createBatch(ctx, { jobs: [job] }),
+  handler: (ctx, { job, quota }) => jobs.createBatch(ctx, { jobs: [job], quota }),
 });
 
 // One transaction: all of the batch (at most MAX_BATCH = 500 jobs) or nothing.
 export const createBatch = internalMutation({
-  args: { jobs: v.array(newJob) },
+  args: { jobs: v.array(newJob), quota: v.optional(containerQuota) },
   returns: v.null(),
   handler: jobs.createBatch,
+});
+
+// Copies of `job` under each of `jobIds` (at most MAX_BATCH): bulk creation sends the
+// document once.
+export const createCopies = internalMutation({
+  args: { job: newJob, jobIds: v.array(v.string()), quota: v.optional(containerQuota) },
+  returns: v.null(),
+  handler: jobs.createCopies,
 });
 
 export const get = internalQuery({
@@ -57,8 +71,24 @@ export const list = internalQuery({
   handler: jobs.list,
 });
 
+// Ids starting with `prefix` (only `createdBy`'s when given), in id order, at most `limit`
+// (<= 200): how a shortened id from a listing is resolved.
+export const getIdsByPrefix = internalQuery({
+  args: { prefix: v.string(), createdBy: v.optional(v.string()), limit: v.number() },
+  returns: v.array(v.string()),
+  handler: containerIdsByPrefix,
+});
+
+// Expired leases first, then pending jobs on hosts with a free slot, users taking turns;
+// `bulkJobId` claims only that bulk job's jobs.
 export const claim = internalMutation({
-  args: { owner: v.string(), leaseMs: v.number(), limit: v.number() },
+  args: {
+    owner: v.string(),
+    leaseMs: v.number(),
+    limit: v.number(),
+    bulkJobId: v.optional(v.string()),
+    maxAttempts: v.optional(v.number()),
+  },
   returns: v.array(jobView),
   handler: jobs.claim,
 });
@@ -111,9 +141,11 @@ export const heartbeat = internalMutation({
   handler: jobs.heartbeat,
 });
 
+// Without `error`: a hand-back (claimable at once, no attempt used). With it: a failed
+// attempt, claimable again after retryInMs, or failed once maxAttempts are used.
 export const release = internalMutation({
-  args: { jobId: v.string(), owner: v.string() },
-  returns: v.null(),
+  args: { jobId: v.string(), owner: v.string(), ...releaseFailure },
+  returns: containerStatus,
   handler: jobs.release,
 });
 

@@ -17,7 +17,8 @@ import {
   withUnset,
 } from "./model/containers";
 
-// models.py decides health from healthCheckFailures (3 or more: unhealthy); this keeps the count.
+// The service's default failure threshold (MAX_HEALTH_FAILURES in domain/containers.py).
+const MAX_HEALTH_FAILURES = 3;
 const newHost = v.object({ hostId: v.string(), ...hostFields });
 
 async function mustGet(ctx: QueryCtx, hostId: string): Promise<Doc<"executorHosts">> {
@@ -86,16 +87,51 @@ export const list = internalQuery({
   },
 });
 
-// A passed check resets the failure count; a failed one adds to it.
+// One probe's result (probe: false -- one launch that failed for the host's sake). A passed
+// probe resets the failure count and marks the host healthy; a failure adds one and keeps
+// its error, and the host is unhealthy once the count reaches `threshold` (routing skips it
+// until a probe passes). Only probes move lastHealthCheck. Mirrors _record_health in
+// local_containers.py.
 export const recordHealth = internalMutation({
-  args: { hostId: v.string(), healthy: v.boolean() },
+  args: {
+    hostId: v.string(),
+    healthy: v.boolean(),
+    error: v.optional(v.string()),
+    threshold: v.optional(v.number()),
+    probe: v.optional(v.boolean()),
+  },
   returns: hostView,
-  handler: async (ctx, { hostId, healthy }) => {
-    const host = await mustGet(ctx, hostId);
-    const changes = healthy
-      ? { healthCheckFailures: 0, lastHealthCheck: Date.now() }
-      : { healthCheckFailures: host.healthCheckFailures + 1 };
+  handler: async (ctx, args) => {
+    const host = await mustGet(ctx, args.hostId);
+    const failures = args.healthy ? 0 : host.healthCheckFailures + 1;
+    const changes: Partial<Doc<"executorHosts">> = {
+      healthCheckFailures: failures,
+      healthy: failures < Math.max(1, args.threshold ?? MAX_HEALTH_FAILURES),
+      lastHealthError: args.healthy ? undefined : (args.error ?? "unhealthy"),
+    };
+    if (args.probe ?? true) changes.lastHealthCheck = Date.now();
     return patchHost(ctx, host, changes);
+  },
+});
+
+// Up to `limit` active hosts whose next probe is due (never probed first, then the longest
+// due), each moved intervalMs on in this transaction: workers probe each host once per
+// interval between them.
+export const claimProbes = internalMutation({
+  args: { intervalMs: v.number(), limit: v.number() },
+  returns: v.array(hostView),
+  handler: async (ctx, { intervalMs, limit }) => {
+    const now = Date.now();
+    const hosts = await ctx.db.query("executorHosts").withIndex("by_name").take(MAX_LIST);
+    const due = hosts
+      .filter((host) => host.isActive && (host.nextProbeAt ?? 0) <= now)
+      .sort((a, b) => (a.nextProbeAt ?? 0) - (b.nextProbeAt ?? 0))
+      .slice(0, Math.max(1, Math.min(Math.floor(limit), MAX_LIST)));
+    const claimed: HostView[] = [];
+    for (const host of due) {
+      claimed.push(await patchHost(ctx, host, { nextProbeAt: now + intervalMs }));
+    }
+    return claimed;
   },
 });
 

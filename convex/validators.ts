@@ -41,6 +41,17 @@ export const JOB_TRANSITIONS: Record<JobStatus, readonly JobStatus[]> = {
   cancelled: [],
 };
 
+const EXPORT_STAGES: readonly string[] = ["export_preparation", "export_generation"];
+// Stages that set up, export or clean up around a job's items: their counts are not the
+// job's items (BOOKKEEPING_STAGES in src/services/domain.py says the same).
+export const BOOKKEEPING_STAGES: readonly string[] = [...EXPORT_STAGES, "initialization", "cleanup"];
+
+// The status a job takes when it starts this stage.
+export function statusForStage(stage: string): JobStatus {
+  if (stage === "initialization") return "initializing";
+  return EXPORT_STAGES.includes(stage) ? "exporting" : "processing";
+}
+
 // processing -> processing restarts a stage when a job is resumed.
 export const STAGE_TRANSITIONS: Record<StageStatus, readonly StageStatus[]> = {
   pending: ["processing", "skipped"],
@@ -100,6 +111,9 @@ export const jobView = v.object({
   leaseOwner: v.optional(v.string()),
   leaseExpiresAt: v.optional(v.number()),
   attempts: v.number(),
+  currentStage: v.optional(v.string()),
+  lastError: v.optional(v.string()),
+  retryOf: v.optional(v.string()),
   stages: v.array(stageView),
   exports: v.array(exportView),
 });
@@ -113,6 +127,9 @@ export const newJob = {
   priority: priority,
   estimatedDurationMinutes: v.optional(v.number()),
   jobId: v.optional(v.string()),
-  maxJobs: v.number(),
-  windowMs: v.number(),
+  // The job whose failed items this one retries.
+  retryOf: v.optional(v.string()),
+  // Both absent: the job is not rate limited (an admin's).
+  maxJobs: v.optional(v.number()),
+  windowMs: v.optional(v.number()),
 };

@@ -20,8 +20,8 @@ from src.services.containers.bulk_operations import (
     WRITE_CHUNK,
     ContainerBulkOperations,
 )
-from src.services.containers.models import ContainerJobStatus
 from src.services.containers.service import ContainerJobService
+from src.services.domain.containers import ContainerJobStatus
 
 T = TypeVar("T")
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import docker
 import pytest
@@ -18,6 +20,20 @@ from tests.convex_server import ConvexTestServer, start_convex_server
 STORE_KINDS = ["local", "convex"]
 DOCKER_IMAGE = "bulkjobs-busybox:test"
 DEFAULT_DOCKER_SOCKET = "unix:///tmp/bulkjobs-docker/docker.sock"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The per-user data directory (platformdirs reads XDG_DATA_HOME) moved to a temporary
+    one, for this process and the commands it starts: a test that relies on the default
+    paths never touches the real user's database."""
+    home = tmp_path_factory.mktemp("xdg-data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_DATA_HOME", str(home))
+        # Periodic probes would reach the (cloud) endpoints of hosts that tests create;
+        # tests of host health turn them on in their own settings.
+        patch.setenv("BULKJOBS_HOST_HEALTH_INTERVAL_S", "0")
+        yield home / "bulkjobs"
 
 
 @pytest.fixture
@@ -65,12 +81,30 @@ def docker_url() -> str:
     Without one, Docker tests skip -- unless REQUIRE_DOCKER=1 (as in CI): then they fail."""
     url = os.environ.get("DOCKER_HOST", DEFAULT_DOCKER_SOCKET)
     try:
+        _probe_socket(url)
         client = docker.DockerClient(base_url=url, version="auto", timeout=10)
-        client.images.get(DOCKER_IMAGE)
-        client.close()
     except Exception as exc:  # any failure means: no usable engine here
-        message = f"no Docker engine with {DOCKER_IMAGE} at {url} ({exc}); run scripts/docker-ci.sh"
-        if os.environ.get("REQUIRE_DOCKER") == "1":
-            pytest.fail(message)
-        pytest.skip(reason=message)
+        _no_docker(url, exc)
+    try:
+        client.images.get(DOCKER_IMAGE)
+    except Exception as exc:
+        _no_docker(url, exc)
+    finally:
+        client.close()  # its socket would be a ResourceWarning, an error under pytest
     return url
+
+
+def _probe_socket(url: str) -> None:
+    """Connect to a unix socket ourselves first: the Docker SDK leaves the socket of a failed
+    connect open (a ResourceWarning, which `filterwarnings = error` turns into a failure)."""
+    if url.startswith("unix://"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(url.removeprefix("unix://"))
+
+
+def _no_docker(url: str, exc: Exception) -> NoReturn:
+    message = f"no Docker engine with {DOCKER_IMAGE} at {url} ({exc}); run scripts/docker-ci.sh"
+    if os.environ.get("REQUIRE_DOCKER") == "1":
+        pytest.fail(message)
+    pytest.skip(reason=message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -14,6 +15,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 TSX = ROOT / "node_modules" / ".bin" / "tsx"
 ADMIN_KEY = "test-admin-key"
+LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 
 
 @dataclass
@@ -47,14 +49,13 @@ def start_convex_server(log_path: Path) -> ConvexTestServer:
             "node_modules is missing: run `make test` (or `npm ci`) so that the Convex"
             " test server can start"
         )
-    port = free_port()
     with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
             [
                 str(TSX),
                 "tests/convex-server/server.ts",
                 "--port",
-                str(port),
+                "0",  # a free port, named in the `listening` line
                 "--admin-key",
                 ADMIN_KEY,
             ],
@@ -64,9 +65,9 @@ def start_convex_server(log_path: Path) -> ConvexTestServer:
             env={**os.environ, "NODE_NO_WARNINGS": "1"},
         )
     deadline = time.monotonic() + 60
-    while b"listening" not in log_path.read_bytes():
+    while (found := LISTENING.search(log_path.read_text())) is None:
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise RuntimeError(f"the Convex test server did not start:\n{log_path.read_text()}")
         time.sleep(0.1)
-    return ConvexTestServer(f"http://127.0.0.1:{port}", ADMIN_KEY, process)
+    return ConvexTestServer(found.group(1), ADMIN_KEY, process)

@@ -1,5 +1,5 @@
 // Validators, the status table and shared helpers of the container modules (containerJobs,
-// executorHosts, envTemplates). They mirror src/services/containers/models.py; change both
+// executorHosts, envTemplates). They mirror src/services/domain/containers.py; change both
 // together. Timestamps are epoch milliseconds, as in the bulk job tables.
 import { Infer, v } from "convex/values";
 import { Doc } from "../_generated/dataModel";
@@ -45,12 +45,13 @@ export const ACTIVE: readonly ContainerStatus[] = ["launching", "running"];
 // Statuses a job can still be moved to another host from: it has not started.
 export const MOVABLE: readonly ContainerStatus[] = ["pending", "queued", "retrying"];
 
-// Mirrors TRANSITIONS in src/services/containers/models.py.
+// Mirrors TRANSITIONS in src/services/domain/containers.py.
 export const TRANSITIONS: Record<ContainerStatus, readonly ContainerStatus[]> = {
   pending: ["queued", "launching", "running", "cancelled", "failed"],
   queued: ["launching", "cancelled", "failed", "pending"],
   launching: ["running", "failed", "retrying", "cancelled", "timeout", "completed"],
-  running: ["completed", "failed", "timeout", "cancelled"],
+  // -> retrying: an exit its exit retry policy runs again.
+  running: ["completed", "failed", "timeout", "cancelled", "retrying"],
   retrying: ["queued", "failed", "cancelled"],
   completed: [],
   failed: [],
@@ -67,6 +68,25 @@ export const MAX_BATCH = 500;
 export const MAX_LIST = 1000;
 
 const opt = v.optional;
+const nullable = <T extends Parameters<typeof v.union>[0]>(validator: T) =>
+  v.union(validator, v.null());
+
+// ExitRetryPolicy and ExitAttempt in domain/containers.py. Nested values keep the service's
+// snake_case names, as every nested value of a job does; their times are ISO 8601 text.
+export const exitRetry = v.object({
+  retry_on_exit_codes: v.array(v.number()),
+  max_retries: v.number(),
+  backoff_s: v.number(),
+});
+export const exitAttempt = v.object({
+  attempt: v.number(),
+  status: containerStatus,
+  exit_code: nullable(v.number()),
+  error: v.string(),
+  started_at: nullable(v.string()),
+  finished_at: v.string(),
+  retry_in_s: nullable(v.number()),
+});
 
 // The fields of a container job that callers may set (everything but id, status, and the
 // derived claim key). ContainerJob in models.py, camelCased.
@@ -111,6 +131,17 @@ export const jobFields = {
   leaseOwner: opt(v.string()),
   // Unset: never leased; 0: released, claimable at once.
   leaseExpiresAt: opt(v.number()),
+  // Claims by processors; a hand-back does not count (absent on jobs stored before).
+  attempts: opt(v.number()),
+  lastError: opt(v.string()),
+  // A non-admin's job: it runs only on hosts that isolate it (isolationRefusal). Absent on
+  // jobs stored before, which count as admins'.
+  untrusted: opt(v.boolean()),
+  // The caller chose the host: failover never moves the job elsewhere.
+  hostPinned: opt(v.boolean()),
+  // Runs the job again after some non-zero exits; each run so far (at most 11) is kept.
+  exitRetry: opt(exitRetry),
+  exitAttempts: opt(v.array(exitAttempt)),
 };
 export const newJob = v.object({ jobId: v.string(), status: containerStatus, ...jobFields });
 export type NewJob = Infer<typeof newJob>;
@@ -138,8 +169,16 @@ export const hostFields = {
   costPerHour: opt(v.number()),
   costPerJob: opt(v.number()),
   averageStartupTime: opt(v.number()),
+  // When the host was last probed (or checked by hand), whatever the result.
   lastHealthCheck: opt(v.number()),
+  // Consecutive failed probes and launches that failed for the host's sake.
   healthCheckFailures: v.number(),
+  // False once healthCheckFailures reached the caller's threshold, until a probe succeeds
+  // (absent on hosts stored before: healthy).
+  healthy: opt(v.boolean()),
+  lastHealthError: opt(v.string()),
+  // When the next periodic probe is due (claimProbes moves it one interval on).
+  nextProbeAt: opt(v.number()),
   createdAt: v.number(),
   updatedAt: v.number(),
 };
@@ -238,6 +277,36 @@ export async function countHosts(
   // Take the new slot first: if the host is full, nothing has changed yet.
   if (now && (!was || moved)) await moveHostCount(ctx, after.hostId, +1);
   if (was && (!now || moved)) await moveHostCount(ctx, before.hostId, -1);
+}
+
+// Mirrors runs_untrusted / isolation_refusal in src/services/domain/containers.py (same
+// words): the local executor isolates nothing, so a non-admin's job runs there only when the
+// host's config says allow_untrusted_jobs.
+export function isolationRefusal(
+  host: { name: string; executorType: string; executorConfig?: unknown },
+  untrusted: boolean | undefined,
+): string | null {
+  const config = (host.executorConfig ?? {}) as Record<string, unknown>;
+  if (!untrusted || host.executorType !== "local" || Boolean(config.allow_untrusted_jobs)) {
+    return null;
+  }
+  return (
+    `host ${host.name} runs commands without isolation (local executor) and this is a` +
+    " non-admin's job; only admins' jobs may run there, unless the host's executor_config" +
+    " sets allow_untrusted_jobs"
+  );
+}
+
+// CONFLICT when the host may not run a job of this kind (a host that is gone runs nothing).
+export async function checkIsolation(
+  ctx: QueryCtx,
+  hostId: string | undefined,
+  untrusted: boolean | undefined,
+) {
+  if (hostId === undefined || !untrusted) return;
+  const host = await hostDoc(ctx, hostId);
+  const refusal = host ? isolationRefusal(host, untrusted) : null;
+  if (refusal !== null) fail("CONFLICT", refusal);
 }
 
 export async function checkNameFree(

@@ -5,6 +5,7 @@ import { Doc } from "../_generated/dataModel";
 import { MutationCtx, QueryCtx } from "../_generated/server";
 import {
   ACTIVE,
+  BOOKKEEPING_STAGES,
   ExportView,
   JOB_TRANSITIONS,
   JobStatus,
@@ -18,21 +19,28 @@ import {
   jobStatus,
   priority,
   stageStatus,
+  statusForStage,
 } from "../validators";
+import { DEFAULT_MAX_ATTEMPTS, DIED, gaveUp, takeTurns } from "./attempts";
+import { emit } from "./webhooks";
 
 // Bounds on documents a claim looks at, to stay inside a transaction's read limits.
 const CLAIM_SCAN = 500;
 // Bound on documents a stats query reads; beyond it the figures cover the newest ones.
 export const STATS_SCAN = 8000;
 
-export function fail(code: string, message: string, extra: Record<string, number> = {}): never {
+export function fail(
+  code: string,
+  message: string,
+  extra: Record<string, number | string> = {},
+): never {
   throw new ConvexError({ code, message, ...extra });
 }
 
 export const isTerminal = (status: JobStatus) => TERMINAL.includes(status);
 const isActive = (status: JobStatus) => ACTIVE.includes(status);
 
-function newId(): string {
+export function newId(): string {
   const bytes = new Uint8Array(16);
   crypto.getRandomValues(bytes);
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
@@ -138,8 +146,11 @@ export const jobProgress = v.object({
   priority: priority,
   // Mean of the stages' progress, completed and skipped stages counting as 1.
   progress: v.number(),
-  // First stage not yet finished; null once the job is.
+  // The stage running now (else the next to run); null once the job has ended.
   currentStage: nullable(v.string()),
+  // The stage whose failure failed the job, when that is how it ended.
+  failedStage: nullable(v.string()),
+  // The job's items (itemCounts); each stage keeps its own counts.
   itemsTotal: nullable(v.number()),
   itemsCompleted: v.number(),
   itemsFailed: v.number(),
@@ -156,6 +167,50 @@ export type JobProgress = Infer<typeof jobProgress>;
 
 const STAGE_DONE: readonly StageStatus[] = ["completed", "failed", "skipped"];
 const sum = (values: number[]) => values.reduce((total, value) => total + value, 0);
+type StageView = JobView["stages"][number];
+
+const stageNamed = (job: JobView, name: string | undefined) =>
+  name === undefined ? undefined : job.stages.find((s) => s.name === name);
+
+// The same rules as Job.running_stage, Job.failed_stage and Job.items_* in
+// src/services/domain.py; change both together.
+function runningStage(job: JobView): StageView | undefined {
+  if (isTerminal(job.status)) return undefined;
+  const started = stageNamed(job, job.currentStage);
+  if (started?.status === "processing") return started;
+  return job.stages.find((s) => !STAGE_DONE.includes(s.status));
+}
+
+function failedStage(job: JobView): StageView | undefined {
+  const stage = stageNamed(job, job.currentStage);
+  return job.status === "failed" && stage?.status === "failed" ? stage : undefined;
+}
+
+// The job's numbers are its items, not a sum over stages that may count the same items
+// again (or count bookkeeping such as writing the export).
+function itemStages(job: JobView): StageView[] {
+  const counting = job.stages.filter((s) => !BOOKKEEPING_STAGES.includes(s.name));
+  return counting.length ? counting : job.stages;
+}
+
+const hasItems = (s: StageView) => s.itemsTotal !== undefined || s.itemsCompleted > 0 || s.itemsFailed > 0;
+
+function givenTotal(jobData: unknown): number | null {
+  const given = (jobData as { total_items?: unknown } | null)?.total_items;
+  return typeof given === "number" && Number.isSafeInteger(given) && given >= 0 ? given : null;
+}
+
+function itemCounts(job: JobView) {
+  const stages = itemStages(job);
+  const totals = stages.flatMap((s) => (s.itemsTotal === undefined ? [] : [s.itemsTotal]));
+  const running = stages.filter((s) => s.status === "processing");
+  const counting = (running.length ? running : stages.filter(hasItems)).at(-1);
+  return {
+    itemsTotal: givenTotal(job.jobData) ?? (totals.length ? Math.max(...totals) : null),
+    itemsCompleted: counting?.itemsCompleted ?? 0,
+    itemsFailed: counting?.itemsFailed ?? 0,
+  };
+}
 
 function overallProgress(job: JobView): number {
   if (job.stages.length === 0) return job.status === "completed" ? 1 : 0;
@@ -182,18 +237,15 @@ function stageProgressView(stage: JobView["stages"][number]): Infer<typeof stage
 
 // Built field by field, so that a field added to the job document is never shown by accident.
 export function progressView(job: JobView): JobProgress {
-  const totals = job.stages.flatMap((s) => (s.itemsTotal === undefined ? [] : [s.itemsTotal]));
-  const current = job.stages.find((s) => !STAGE_DONE.includes(s.status));
   return {
     jobId: job.jobId,
     jobType: job.jobType,
     status: job.status,
     priority: job.priority,
     progress: overallProgress(job),
-    currentStage: isTerminal(job.status) || !current ? null : current.name,
-    itemsTotal: totals.length ? sum(totals) : null,
-    itemsCompleted: sum(job.stages.map((s) => s.itemsCompleted)),
-    itemsFailed: sum(job.stages.map((s) => s.itemsFailed)),
+    currentStage: runningStage(job)?.name ?? null,
+    failedStage: failedStage(job)?.name ?? null,
+    ...itemCounts(job),
     errorMessage: job.errorMessage ?? null,
     estimatedDurationMinutes: job.estimatedDurationMinutes ?? null,
     createdAt: job.createdAt,
@@ -257,12 +309,15 @@ export async function create(
     priority: Priority;
     estimatedDurationMinutes?: number;
     jobId?: string;
-    maxJobs: number;
-    windowMs: number;
+    retryOf?: string;
+    maxJobs?: number;
+    windowMs?: number;
   },
 ): Promise<string> {
   const now = Date.now();
-  await checkRateLimit(ctx, args.userId, args.maxJobs, args.windowMs, now);
+  if (args.maxJobs !== undefined && args.windowMs !== undefined) {
+    await checkRateLimit(ctx, args.userId, args.maxJobs, args.windowMs, now);
+  }
   const jobId = args.jobId ?? newId();
   const existing = await ctx.db
     .query("bulkJobs")
@@ -282,6 +337,7 @@ export async function create(
     createdAt: now,
     updatedAt: now,
     attempts: 0,
+    retryOf: args.retryOf,
   });
   for (const [index, name] of args.stages.entries()) {
     await ctx.db.insert("bulkJobStages", {
@@ -295,7 +351,55 @@ export async function create(
       metadata: {},
     });
   }
+  const data = { job_id: jobId, job_type: args.jobType, user_id: args.userId, status: "pending" };
+  await emit(ctx, "job.created", args.userId, data);
   return jobId;
+}
+
+// -- webhook events (written in the mutation of the change they report) --------------------
+
+const JOB_END_EVENTS: Partial<Record<JobStatus, string>> = {
+  completed: "job.completed",
+  failed: "job.failed",
+  cancelled: "job.cancelled",
+};
+
+async function emitJobEnd(
+  ctx: MutationCtx,
+  job: Doc<"bulkJobs">,
+  status: JobStatus,
+  errorMessage: string | undefined,
+) {
+  const event = JOB_END_EVENTS[status];
+  if (event === undefined) return;
+  const data: Record<string, unknown> = {
+    job_id: job.jobId,
+    job_type: job.jobType,
+    user_id: job.userId,
+    status,
+  };
+  if (status !== "completed" && errorMessage) data.error_message = errorMessage;
+  await emit(ctx, event, job.userId, data);
+}
+
+async function emitStageEnd(
+  ctx: MutationCtx,
+  job: Doc<"bulkJobs">,
+  stage: Doc<"bulkJobStages">,
+  args: { target: "completed" | "failed"; itemsCompleted?: number; itemsFailed?: number; errorMessage?: string },
+) {
+  const data: Record<string, unknown> = {
+    job_id: job.jobId,
+    job_type: job.jobType,
+    user_id: job.userId,
+    stage: stage.name,
+    status: args.target,
+    items_completed: args.itemsCompleted ?? stage.itemsCompleted,
+    items_failed: args.itemsFailed ?? stage.itemsFailed,
+  };
+  if (args.target === "failed") data.error_message = args.errorMessage ?? stage.errorMessage ?? null;
+  const event = args.target === "completed" ? "job.stage_completed" : "job.stage_failed";
+  await emit(ctx, event, job.userId, data);
 }
 
 async function checkRateLimit(
@@ -337,6 +441,9 @@ export async function updateStatus(
     completedAt: terminal ? now : undefined,
     ...(terminal ? { leaseOwner: undefined, leaseExpiresAt: undefined } : {}),
   });
+  if (args.status !== job.status) {
+    await emitJobEnd(ctx, job, args.status, args.errorMessage ?? job.errorMessage);
+  }
 }
 
 // -- stages --------------------------------------------------------------------------------
@@ -355,7 +462,13 @@ export async function startStage(
     startedAt: stage.startedAt ?? now,
     progress: restart ? stage.progress : 0,
   });
-  await ctx.db.patch(job._id, { updatedAt: now });
+  // The job follows its stage: initializing, processing or exporting, by the stage.
+  await ctx.db.patch(job._id, {
+    status: statusForStage(args.stage),
+    currentStage: args.stage,
+    startedAt: job.startedAt ?? now,
+    updatedAt: now,
+  });
 }
 
 export async function updateStageProgress(
@@ -393,6 +506,8 @@ export async function finishStage(
     itemsFailed?: number;
     metadata?: unknown;
     errorMessage?: string;
+    // A failed stage fails the job unless this is false.
+    fatal?: boolean;
   },
 ) {
   const [job, stage] = await stageDoc(ctx, args.jobId, args.stage);
@@ -407,24 +522,63 @@ export async function finishStage(
     metadata: merged(stage.metadata, args.metadata ?? {}),
     errorMessage: args.errorMessage ?? stage.errorMessage,
   });
-  await ctx.db.patch(job._id, { updatedAt: now });
+  await emitStageEnd(ctx, job, stage, args);
+  const fatal = args.target === "failed" && args.fatal !== false;
+  await followStages(ctx, job, args.stage, fatal ? args.errorMessage ?? "failed" : undefined);
+}
+
+// The job after a stage ended: failed by a fatal stage failure, completed once no stage is
+// left to run, else still running. Reads see this mutation's own writes.
+async function followStages(
+  ctx: MutationCtx,
+  job: Doc<"bulkJobs">,
+  stage: string,
+  fatalError: string | undefined,
+) {
+  if (fatalError !== undefined) {
+    await ctx.db.patch(job._id, { currentStage: stage });
+    await updateStatus(ctx, { jobId: job.jobId, status: "failed", errorMessage: fatalError });
+    return;
+  }
+  const stages = await ctx.db
+    .query("bulkJobStages")
+    .withIndex("by_jobId_and_index", (q) => q.eq("jobId", job.jobId))
+    .take(50);
+  if (stages.every((s) => STAGE_DONE.includes(s.status))) {
+    await updateStatus(ctx, { jobId: job.jobId, status: "completed" });
+  } else {
+    await ctx.db.patch(job._id, { updatedAt: Date.now() });
+  }
 }
 
 // -- leases --------------------------------------------------------------------------------
 
-export async function claim(
-  ctx: MutationCtx,
-  args: { owner: string; leaseMs: number; jobTypes: string[]; limit: number; jobId?: string },
-): Promise<JobView[]> {
+type ClaimArgs = {
+  owner: string;
+  leaseMs: number;
+  jobTypes: string[];
+  limit: number;
+  jobId?: string;
+  maxAttempts?: number;
+  maxRunningPerUser?: number;
+};
+
+export async function claim(ctx: MutationCtx, args: ClaimArgs): Promise<JobView[]> {
   if (args.jobTypes.length === 0 || args.limit < 1) return [];
   const now = Date.now();
   const limit = Math.min(args.limit, MAX_PAGE);
-  const candidates = args.jobId
-    ? await claimableById(ctx, args.jobId, args.jobTypes, now)
-    : await claimable(ctx, args.jobTypes, now, limit);
-  const chosen = candidates
-    .sort((a, b) => a.priorityRank - b.priorityRank || a.createdAt - b.createdAt)
-    .slice(0, limit);
+  const wanted = (job: Doc<"bulkJobs">) =>
+    args.jobTypes.includes(job.jobType) && (args.jobId === undefined || job.jobId === args.jobId);
+  const maxAttempts = args.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
+  let chosen: Doc<"bulkJobs">[];
+  if (args.jobId !== undefined) {
+    chosen = await claimableById(ctx, args, now, maxAttempts);
+  } else {
+    chosen = (await expiredJobs(ctx, wanted, now, maxAttempts)).slice(0, limit);
+    if (chosen.length < limit) {
+      chosen = chosen.concat(await fairPending(ctx, args, wanted, now, limit - chosen.length));
+    }
+  }
   const claimed: JobView[] = [];
   for (const job of chosen) {
     const patch = {
@@ -439,38 +593,148 @@ export async function claim(
   return claimed;
 }
 
-function isClaimable(job: Doc<"bulkJobs">, jobTypes: string[], now: number): boolean {
-  if (!jobTypes.includes(job.jobType)) return false;
-  if (job.status === "pending") return job.leaseExpiresAt === undefined || job.leaseExpiresAt < now;
-  return isActive(job.status) && job.leaseExpiresAt !== undefined && job.leaseExpiresAt < now;
-}
-
-async function claimableById(ctx: QueryCtx, jobId: string, jobTypes: string[], now: number) {
+// The one job asked for, if it is claimable (and its user is under the cap).
+async function claimableById(
+  ctx: MutationCtx,
+  args: ClaimArgs,
+  now: number,
+  maxAttempts: number,
+): Promise<Doc<"bulkJobs">[]> {
   const job = await ctx.db
     .query("bulkJobs")
-    .withIndex("by_jobId", (q) => q.eq("jobId", jobId))
+    .withIndex("by_jobId", (q) => q.eq("jobId", args.jobId!))
     .unique();
-  return job && isClaimable(job, jobTypes, now) ? [job] : [];
+  if (!job || !args.jobTypes.includes(job.jobType) || isTerminal(job.status)) return [];
+  const expired = job.leaseExpiresAt !== undefined && job.leaseExpiresAt < now;
+  if (expired && job.leaseOwner !== undefined && job.attempts >= maxAttempts) {
+    await failForGood(ctx, job, gaveUp(job.attempts, job.lastError ?? DIED), now);
+    return [];
+  }
+  if (isActive(job.status)) return expired ? [job] : [];
+  const cap = args.maxRunningPerUser;
+  const full = cap !== undefined && ((await runningByUser(ctx)).get(job.userId) ?? 0) >= cap;
+  return isWaiting(job, now) && !full ? [job] : [];
 }
 
-async function claimable(ctx: QueryCtx, jobTypes: string[], now: number, limit: number) {
-  const found: Doc<"bulkJobs">[] = [];
-  // Pending jobs in claim order; each scan is bounded so a claim stays a small transaction.
-  const pending = ctx.db
-    .query("bulkJobs")
-    .withIndex("by_status_and_priorityRank_and_createdAt", (q) => q.eq("status", "pending"));
-  let scanned = 0;
-  for await (const job of pending) {
-    if (++scanned > CLAIM_SCAN || found.length >= limit) break;
-    if (isClaimable(job, jobTypes, now)) found.push(job);
-  }
-  // Jobs whose runner stopped heartbeating (0 = released). Unset expiries sort first and
-  // are excluded by the lower bound.
+const isWaiting = (job: Doc<"bulkJobs">, now: number) =>
+  job.status === "pending" && (job.leaseExpiresAt === undefined || job.leaseExpiresAt < now);
+
+// Running jobs whose runner stopped heartbeating (0 = handed back), oldest expiry first.
+// Unfinished jobs whose runner died holding them after `maxAttempts` claims are failed
+// instead. Unset expiries sort first and are excluded by the lower bound.
+async function expiredJobs(
+  ctx: MutationCtx,
+  wanted: (job: Doc<"bulkJobs">) => boolean,
+  now: number,
+  maxAttempts: number,
+): Promise<Doc<"bulkJobs">[]> {
   const expired = await ctx.db
     .query("bulkJobs")
     .withIndex("by_leaseExpiresAt", (q) => q.gte("leaseExpiresAt", 0).lt("leaseExpiresAt", now))
     .take(CLAIM_SCAN);
-  return found.concat(expired.filter((job) => job.status !== "pending" && isClaimable(job, jobTypes, now)));
+  const live: Doc<"bulkJobs">[] = [];
+  for (const job of expired.filter(wanted)) {
+    if (isTerminal(job.status)) continue;
+    if (job.leaseOwner !== undefined && job.attempts >= maxAttempts) {
+      await failForGood(ctx, job, gaveUp(job.attempts, job.lastError ?? DIED), now);
+    } else if (isActive(job.status)) {
+      live.push(job);
+    }
+  }
+  return live;
+}
+
+async function failForGood(ctx: MutationCtx, job: Doc<"bulkJobs">, message: string, now: number) {
+  await ctx.db.patch(job._id, {
+    status: "failed",
+    errorMessage: message,
+    lastError: message,
+    completedAt: now,
+    updatedAt: now,
+    leaseOwner: undefined,
+    leaseExpiresAt: undefined,
+  });
+  await emitJobEnd(ctx, job, "failed", message);
+}
+
+// Bounds of a fair claim: users looked at, and pending jobs read per user.
+const USER_SCAN = 100;
+const RUNNING_SCAN = 1000;
+
+// Pending jobs, users taking turns: one job per waiting user per round, users with fewer
+// running jobs first (then by their best waiting job); users at the cap wait.
+async function fairPending(
+  ctx: MutationCtx,
+  args: ClaimArgs,
+  wanted: (job: Doc<"bulkJobs">) => boolean,
+  now: number,
+  limit: number,
+): Promise<Doc<"bulkJobs">[]> {
+  const heads = await waitingUsers(ctx);
+  if (heads.length === 0) return [];
+  const running = await runningByUser(ctx);
+  const load = (user: string) => running.get(user) ?? 0;
+  heads.sort(
+    (a, b) =>
+      load(a.userId) - load(b.userId) ||
+      a.priorityRank - b.priorityRank ||
+      a.createdAt - b.createdAt,
+  );
+  const queues: Doc<"bulkJobs">[][] = [];
+  for (const head of heads) {
+    if (queues.length >= limit) break;
+    const cap = args.maxRunningPerUser;
+    const room = cap === undefined ? limit : Math.min(limit, cap - load(head.userId));
+    if (room <= 0) continue;
+    const queue: Doc<"bulkJobs">[] = [];
+    const pending = ctx.db
+      .query("bulkJobs")
+      .withIndex("by_status_and_userId_and_priorityRank_and_createdAt", (q) =>
+        q.eq("status", "pending").eq("userId", head.userId),
+      );
+    let scanned = 0;
+    for await (const job of pending) {
+      if (queue.length >= room || ++scanned > CLAIM_SCAN) break;
+      if (wanted(job) && isWaiting(job, now)) queue.push(job);
+    }
+    if (queue.length) queues.push(queue);
+  }
+  return takeTurns(queues, limit);
+}
+
+// The best pending job of each user with pending jobs (at most USER_SCAN users): one index
+// read per user, hopping from one user id to the next.
+async function waitingUsers(ctx: QueryCtx): Promise<Doc<"bulkJobs">[]> {
+  const heads: Doc<"bulkJobs">[] = [];
+  let after: string | undefined;
+  while (heads.length < USER_SCAN) {
+    const from = after;
+    const head = await ctx.db
+      .query("bulkJobs")
+      .withIndex("by_status_and_userId_and_priorityRank_and_createdAt", (q) =>
+        from === undefined ? q.eq("status", "pending") : q.eq("status", "pending").gt("userId", from),
+      )
+      .first();
+    if (!head) break;
+    heads.push(head);
+    after = head.userId;
+  }
+  return heads;
+}
+
+// Unfinished jobs a runner holds now, by user (jobs driven by hand hold no lease and do not
+// count; nor do jobs whose runner died).
+async function runningByUser(ctx: QueryCtx): Promise<Map<string, number>> {
+  const counts = new Map<string, number>();
+  const held = await ctx.db
+    .query("bulkJobs")
+    .withIndex("by_leaseExpiresAt", (q) => q.gte("leaseExpiresAt", Date.now()))
+    .take(RUNNING_SCAN);
+  for (const job of held) {
+    if (job.leaseOwner === undefined || job.completedAt !== undefined) continue;
+    counts.set(job.userId, (counts.get(job.userId) ?? 0) + 1);
+  }
+  return counts;
 }
 
 export async function heartbeat(
@@ -486,15 +750,41 @@ export async function heartbeat(
   return job.status;
 }
 
-export async function release(ctx: MutationCtx, args: { jobId: string; owner: string }) {
+export async function release(
+  ctx: MutationCtx,
+  args: {
+    jobId: string;
+    owner: string;
+    error?: string;
+    retryInMs?: number;
+    maxAttempts?: number;
+  },
+) {
   const job = await ctx.db
     .query("bulkJobs")
     .withIndex("by_jobId", (q) => q.eq("jobId", args.jobId))
     .unique();
   if (!job || job.leaseOwner !== args.owner) return;
-  // An expiry in the past (not unset) keeps an unfinished job claimable at once.
-  await ctx.db.patch(job._id, {
-    leaseOwner: undefined,
-    leaseExpiresAt: job.completedAt === undefined ? 0 : undefined,
-  });
+  const now = Date.now();
+  if (job.completedAt !== undefined) {
+    await ctx.db.patch(job._id, { leaseOwner: undefined, leaseExpiresAt: undefined });
+  } else if (args.error === undefined) {
+    // An expiry in the past (not unset) keeps the job claimable at once; unset would mark it
+    // as driven by hand. A hand-back is not an attempt.
+    await ctx.db.patch(job._id, {
+      leaseOwner: undefined,
+      leaseExpiresAt: 0,
+      attempts: Math.max(0, job.attempts - 1),
+      updatedAt: now,
+    });
+  } else if (job.attempts >= (args.maxAttempts ?? DEFAULT_MAX_ATTEMPTS)) {
+    await failForGood(ctx, job, gaveUp(job.attempts, args.error), now);
+  } else {
+    await ctx.db.patch(job._id, {
+      leaseOwner: undefined,
+      leaseExpiresAt: now + Math.max(0, args.retryInMs ?? 0),
+      lastError: args.error,
+      updatedAt: now,
+    });
+  }
 }

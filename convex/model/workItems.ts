@@ -6,7 +6,7 @@ import type { Doc } from "../_generated/dataModel";
 import type { MutationCtx, QueryCtx } from "../_generated/server";
 import { fail } from "./jobs";
 
-// Mirrors src/services/worker/models.py MAX_WORK_BATCH.
+// Mirrors src/services/domain/work.py MAX_WORK_BATCH.
 export const MAX_WORK_BATCH = 200;
 // Documents a claim looks at past the ones it takes, to skip other workers' operations.
 const CLAIM_SCAN = 1000;

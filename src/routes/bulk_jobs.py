@@ -1,26 +1,28 @@
-"""HTTP routes for bulk jobs: create, list, status, cancel, exports and downloads."""
+"""HTTP routes for bulk jobs: create, list, status, cancel, delete, exports and downloads.
+
+A created job is only stored here: the embedded worker (told to look now) or a `bulkjobs
+worker` process runs it.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from src.routes.containers import Containers
-from src.routes.deps import CurrentUser, Manager, Registry, Worker
+from src.routes.deps import CurrentUser, Manager, Registry, Worker, owner_filter
+from src.routes.files import OpenFileResponse
 from src.routes.responses import model_response
-from src.services.bulk_job_manager import BulkJobManager
-from src.services.containers.service import ContainerJobService
-from src.services.domain import ApiToken, BulkJobStage, BulkJobStatus, Job
-from src.services.errors import NotFound
-from src.services.job_types import container_batch
+from src.routes.validation import JsonRoute
+from src.services.bulk_job_manager import MAX_EXPORT_HOURS, BulkJobManager
+from src.services.domain import ApiToken, BulkJobStage, BulkJobStatus, Job, UserId
+from src.services.errors import InvalidInput, NotFound
 from src.services.job_types.registry import JobTypeRegistry
-from src.services.job_worker import JobWorker
 from src.services.reports import ExportReport, JobReport, job_report
 
-router = APIRouter(tags=["bulk jobs"])
+router = APIRouter(route_class=JsonRoute, tags=["bulk jobs"])
 
 JobType = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
 
@@ -42,7 +44,7 @@ class BulkProcessRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_type: JobType
-    user_id: str = Field(min_length=1, max_length=200)
+    user_id: UserId
     job_data: dict[str, Any] = Field(default_factory=dict)
     stages: list[BulkJobStage] | None = Field(None, min_length=1, max_length=10)
 
@@ -50,6 +52,11 @@ class BulkProcessRequest(BaseModel):
 class JobAccepted(BaseModel):
     job_id: str
     status: str
+
+
+class RetryAccepted(JobAccepted):
+    #: The job whose failed items the new job retries.
+    retry_of: str
 
 
 class CancelRequest(BaseModel):
@@ -63,44 +70,33 @@ async def _start(
     registry: JobTypeRegistry,
     owner: str,
     request: BulkJobCreate | BulkProcessRequest,
-    containers: ContainerJobService,
     trusted: bool,
     **extra: Any,
 ) -> str:
-    manager.check_job_data(request.job_data)
-    job_data = registry.validate_job_data(request.job_type, request.job_data)
-    if request.job_type == container_batch.NAME:
-        job_data = await container_batch.authorize(containers, job_data, owner, trusted)
-    stages = request.stages or registry.get(request.job_type).stages
+    """Store the job; its data checked once, then validated and authorized by the job
+    type's own hooks."""
+
+    async def prepare(job_data: dict[str, Any]) -> dict[str, Any]:
+        return await registry.authorized_job_data(
+            request.job_type, job_data, manager, owner, trusted
+        )
+
     return await manager.create_bulk_job(
         job_type=request.job_type,
         user_id=owner,
-        job_data=job_data,
-        stages=stages,
+        job_data=request.job_data,
+        stages=request.stages or _stages(registry, request.job_type),
+        prepare=prepare,
+        rate_limited=not trusted,  # admins are not rate limited
         **extra,
     )
 
 
-def _schedule(
-    job_id: str,
-    manager: BulkJobManager,
-    registry: JobTypeRegistry,
-    worker: JobWorker | None,
-    background_tasks: BackgroundTasks,
-) -> None:
-    """Hand the job to the in-process worker, or run it as a background task."""
-    if worker is not None:
-        worker.wake()
-    else:
-        background_tasks.add_task(_run_in_background, manager, registry, job_id)
-
-
-async def _run_in_background(
-    manager: BulkJobManager, registry: JobTypeRegistry, job_id: str
-) -> None:
-    job = await manager.get_job(job_id)
-    if job is not None and job.job_type in registry:
-        await manager.process_job_with_stages(job_id, registry.get(job.job_type).processors)
+def _stages(registry: JobTypeRegistry, job_type: str) -> list[str]:
+    """The job type's stages; an unknown type is a 422 naming job_type."""
+    if job_type not in registry:
+        raise InvalidInput("job_type", f"unknown job type {job_type!r}; known: {registry.names()}")
+    return registry.get(job_type).stages
 
 
 @router.post("/bulk-jobs", status_code=202, response_model=JobAccepted)
@@ -109,22 +105,20 @@ async def create_bulk_job(
     user: CurrentUser,
     manager: Manager,
     registry: Registry,
-    containers: Containers,
     worker: Worker,
-    background_tasks: BackgroundTasks,
 ) -> JobAccepted:
-    """Start a bulk job of a registered type; it runs in the background."""
+    """Start a bulk job of a registered type; a worker runs it."""
     job_id = await _start(
         manager,
         registry,
         user.user_id,
         body,
-        containers,
         user.is_admin,
         priority=body.priority,
         estimated_duration_minutes=body.estimated_duration_minutes,
     )
-    _schedule(job_id, manager, registry, worker, background_tasks)
+    if worker is not None:
+        worker.wake()
     return JobAccepted(job_id=job_id, status=BulkJobStatus.PENDING)
 
 
@@ -134,15 +128,14 @@ async def start_bulk_process(
     user: CurrentUser,
     manager: Manager,
     registry: Registry,
-    containers: Containers,
     worker: Worker,
-    background_tasks: BackgroundTasks,
 ) -> JobAccepted:
     """Start a bulk job as the usage guide shows; only admins may act for another user."""
     if body.user_id != user.user_id and not user.is_admin:
         raise HTTPException(status_code=403, detail="user_id must be your own user id")
-    job_id = await _start(manager, registry, body.user_id, body, containers, user.is_admin)
-    _schedule(job_id, manager, registry, worker, background_tasks)
+    job_id = await _start(manager, registry, body.user_id, body, user.is_admin)
+    if worker is not None:
+        worker.wake()
     return JobAccepted(job_id=job_id, status="started")
 
 
@@ -159,11 +152,9 @@ async def list_bulk_jobs(
 
 
 async def _own_job(manager: BulkJobManager, user: ApiToken, job_id: str) -> Job:
-    """The job if the caller may see it; another user's job is indistinguishable from none."""
-    job = await manager.get_job(job_id)
-    if job is None or (job.user_id != user.user_id and not user.is_admin):
-        raise NotFound("job not found")
-    return job
+    """The job (by id or a unique start of it) if the caller may see it; another user's job
+    is indistinguishable from none."""
+    return await manager.find_job(job_id, owner_filter(user))
 
 
 @router.get("/bulk-jobs/{job_id}", response_model=JobReport)
@@ -182,14 +173,41 @@ async def cancel_bulk_job(
     job_id: str,
     user: CurrentUser,
     manager: Manager,
-    containers: Containers,
     body: CancelRequest | None = None,
 ) -> JobAccepted:
     """Cancel the job and any container jobs it started (their containers are stopped)."""
-    await _own_job(manager, user, job_id)
-    await manager.cancel_job(job_id, (body or CancelRequest()).reason)
-    await containers.cancel_for_bulk_job(job_id)
-    return JobAccepted(job_id=job_id, status=BulkJobStatus.CANCELLED)
+    job = await _own_job(manager, user, job_id)
+    await manager.cancel_job(job.id, (body or CancelRequest()).reason)
+    return JobAccepted(job_id=job.id, status=BulkJobStatus.CANCELLED)
+
+
+@router.delete("/bulk-jobs/{job_id}", status_code=204, response_class=Response)
+async def delete_bulk_job(job_id: str, user: CurrentUser, manager: Manager) -> Response:
+    """Delete a finished job now, with its stages, exports, stage outputs and container
+    jobs; 409 while it is pending or running (cancel it first)."""
+    job = await _own_job(manager, user, job_id)
+    await manager.delete_job(job.id)
+    return Response(status_code=204)
+
+
+@router.post("/bulk-jobs/{job_id}/retry", status_code=202, response_model=RetryAccepted)
+async def retry_failed_items(
+    job_id: str, user: CurrentUser, manager: Manager, registry: Registry, worker: Worker
+) -> RetryAccepted:
+    """Start a new job, linked by `retry_of`, over only the items of your ended job that
+    failed; 409 while it runs, when none failed, or when its job type cannot tell which did.
+    The new job counts against the rate limit as any other (429)."""
+    job = await _own_job(manager, user, job_id)
+    new_id = await manager.retry_failed(
+        job.id,
+        job.user_id,
+        rate_limited=not user.is_admin,  # admins are not rate limited
+        trusted=user.is_admin,
+        job_types=registry,
+    )
+    if worker is not None:
+        worker.wake()
+    return RetryAccepted(job_id=new_id, status=BulkJobStatus.PENDING, retry_of=job.id)
 
 
 @router.get("/bulk-jobs/{job_id}/exports", response_model=list[ExportReport])
@@ -204,33 +222,46 @@ class ExportCreate(BaseModel):
     #: JSON: any value; CSV: a list of records; ZIP: an object of member name -> content.
     data: list[Any] | dict[str, Any]
     filename_prefix: str = Field("export", max_length=64)
-    expires_in_hours: float | None = Field(None, gt=0, le=24 * 365)
+    expires_in_hours: float | None = Field(None, gt=0, le=MAX_EXPORT_HOURS)
 
 
 @router.post("/bulk-jobs/{job_id}/exports", status_code=201, response_model=ExportReport)
 async def create_export(
     job_id: str, body: ExportCreate, user: CurrentUser, manager: Manager
 ) -> ExportReport:
-    """Write an export for your job; 413 when it would exceed BULK_MAX_EXPORT_SIZE_MB."""
-    await _own_job(manager, user, job_id)
+    """Write an export for your job; 413 when it would exceed BULK_MAX_EXPORT_SIZE_MB or
+    your BULKJOBS_USER_MAX_EXPORT_BYTES, 422 when `expires_in_hours` is past
+    BULKJOBS_MAX_EXPORT_RETENTION_HOURS. Admins are held to neither quota."""
+    job = await _own_job(manager, user, job_id)
     export_id = await manager.create_export(
-        job_id, body.export_format, body.data, body.filename_prefix, body.expires_in_hours
+        job.id,
+        body.export_format,
+        body.data,
+        body.filename_prefix,
+        body.expires_in_hours,
+        limited=not user.is_admin,
     )
-    report = job_report(await _own_job(manager, user, job_id))
+    report = job_report(await _own_job(manager, user, job.id))
     return next(export for export in report.exports if export.export_id == export_id)
 
 
 @router.get("/bulk-jobs/{job_id}/export/{export_id}", response_class=FileResponse)
+@router.head("/bulk-jobs/{job_id}/export/{export_id}", response_class=FileResponse)
 async def download_export(
     job_id: str, export_id: str, user: CurrentUser, manager: Manager
 ) -> FileResponse:
-    """Download an export file; the id is looked up, never used as a path."""
-    await _own_job(manager, user, job_id)
-    export = await manager.get_export_info(export_id)
-    path = await manager.get_export_file_path(export_id)
-    if export is None or export.job_id != job_id or path is None:
+    """Download an export file (HEAD: its headers only); the id is looked up, never used as
+    a path. The file is opened before the response starts, so a download completes or is a
+    404."""
+    job = await _own_job(manager, user, job_id)
+    opened = await manager.open_export(export_id)
+    if opened is not None and opened[0].job_id != job.id:
+        opened[1].close()
+        opened = None
+    if opened is None:
         raise NotFound("export not found or expired")
-    return FileResponse(path, media_type=export.content_type, filename=export.filename)
+    export, file = opened
+    return OpenFileResponse(file, media_type=export.content_type, filename=export.filename)
 
 
 @router.get("/job-types")

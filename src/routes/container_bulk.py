@@ -3,36 +3,32 @@ clean up and metrics.
 
 A non-admin acts only on jobs they created: anyone else's job is reported "not found" per id,
 as if it did not exist. Cleanup and metrics are for admins. Each response gives a count and
-the errors per job id; an operation that changed nothing still answers 200 with its reasons.
+the errors per job id; an operation that changed nothing still answers 200 with its reasons,
+except a migration, which answers 409 then.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from src.routes.deps import AdminUser, CurrentUser, owner_filter
+from src.routes.deps import AdminUser, BulkOps, CurrentUser, owner_filter
+from src.routes.validation import JsonRoute
 from src.services.containers.bulk_operations import (
     MAX_BULK_CREATION_LIMIT,
     WRITE_CHUNK,
-    ContainerBulkOperations,
 )
-from src.services.containers.models import ContainerJobStatus, ExecutorType
-from src.services.containers.service import ContainerJobService
+from src.services.domain.containers import ContainerJobStatus, ExecutorType
 
-router = APIRouter(prefix="/container-jobs/bulk", tags=["container jobs (bulk)"])
+router = APIRouter(
+    route_class=JsonRoute, prefix="/container-jobs/bulk", tags=["container jobs (bulk)"]
+)
 
 MAX_IDS = 10_000
 
 
-async def get_bulk_operations(request: Request) -> ContainerBulkOperations:
-    service: ContainerJobService = request.app.state.containers
-    return ContainerBulkOperations(service)
-
-
-BulkOps = Annotated[ContainerBulkOperations, Depends(get_bulk_operations)]
 JobId = Annotated[str, Field(min_length=1, max_length=100)]
 JobIds = Annotated[list[JobId], Field(min_length=1, max_length=MAX_IDS)]
 
@@ -104,7 +100,8 @@ class CleanupResult(BaseModel):
 async def create_jobs(
     body: BulkCreate, user: CurrentUser, ops: BulkOps, response: Response
 ) -> BulkCreated:
-    """Create `count` identical jobs; 201 when any were created, else 422 with the reasons."""
+    """Create `count` identical jobs; 201 when any were created, else 422 with the reasons;
+    429 (nothing created) past BULKJOBS_USER_MAX_UNFINISHED_CONTAINER_JOBS."""
     fields = body.model_dump(exclude={"docker_image", "count", "host", "command", "batch_size"})
     jobs, errors = await ops.create_jobs_bulk(
         body.docker_image,
@@ -114,6 +111,7 @@ async def create_jobs(
         body.command,
         body.batch_size,
         trusted=user.is_admin,
+        limited=not user.is_admin,  # admins are not held to the per-user quota
         **fields,
     )
     if not jobs:
@@ -137,11 +135,17 @@ async def change_status(body: StatusChange, user: CurrentUser, ops: BulkOps) -> 
 
 
 @router.post("/migrate", response_model=BulkResult)
-async def migrate_jobs(body: Migration, user: CurrentUser, ops: BulkOps) -> BulkResult:
-    """Move jobs that have not started to another host (by id or name)."""
+async def migrate_jobs(
+    body: Migration, user: CurrentUser, ops: BulkOps, response: Response
+) -> BulkResult:
+    """Move jobs that have not started to another host (by id or name); 200 when any
+    moved, else 409 with the reason per job (a non-admin's job never goes to a host that
+    does not isolate it, whoever moves it)."""
     count, errors = await ops.migrate_jobs_to_host(
         body.job_ids, body.target_host, owner=owner_filter(user), trusted=user.is_admin
     )
+    if count == 0 and errors:
+        response.status_code = 409
     return BulkResult(count=count, errors=errors)
 
 

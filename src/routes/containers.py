@@ -8,29 +8,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from src.routes.deps import AdminUser, CurrentUser, owner_filter
-from src.services.containers.models import (
+from src.routes.deps import AdminUser, Containers, CurrentUser, owner_filter
+from src.routes.validation import JsonRoute
+from src.services.domain.containers import (
     ContainerJob,
     ContainerJobStatus,
     EnvironmentVariableTemplate,
     ExecutorHost,
     ExecutorType,
+    ExitRetryPolicy,
 )
-from src.services.containers.service import ContainerJobService
 
-router = APIRouter(tags=["container jobs"])
-admin_router = APIRouter(tags=["executor hosts and templates"])
+router = APIRouter(route_class=JsonRoute, tags=["container jobs"])
+admin_router = APIRouter(route_class=JsonRoute, tags=["executor hosts and templates"])
 
-
-async def get_containers(request: Request) -> ContainerJobService:
-    service: ContainerJobService = request.app.state.containers
-    return service
-
-
-Containers = Annotated[ContainerJobService, Depends(get_containers)]
 
 EnvKey = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 Name = Annotated[str, Field(min_length=1, max_length=100)]
@@ -59,7 +53,10 @@ class ContainerJobCreate(BaseModel):
     executor_type: ExecutorType | None = None
     preferred_executor: ExecutorType | None = None
     priority: int = Field(0, ge=-100, le=100)
+    #: Retries of a launch that failed for a transient reason (an executor error).
     max_retries: int = Field(0, ge=0, le=10)
+    #: Runs the container again after one of these non-zero exits, with its own budget.
+    exit_retry: ExitRetryPolicy | None = None
 
 
 class CancelBody(BaseModel):
@@ -110,6 +107,7 @@ async def create_container_job(
         host=body.host,
         executor_type=body.executor_type,
         trusted=user.is_admin,
+        limited=not user.is_admin,  # admins are not held to the per-user quota
         **fields,
     )
     return job_view(job)
@@ -126,7 +124,7 @@ async def list_container_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> list[dict[str, Any]]:
     """Your container jobs (an admin's: everyone's, or `created_by`'s), newest first."""
-    owner = owner_filter(user) or created_by
+    owner = created_by if user.is_admin else owner_filter(user)
     jobs = await service.list_jobs(
         status=status.value if status else None,
         host=host,
@@ -153,12 +151,10 @@ async def cancel_container_job(
     job_id: str, user: CurrentUser, service: Containers, body: CancelBody | None = None
 ) -> Cancelled:
     """Cancel the job and stop its container; `cancelled` is false if it had already ended."""
-    done = await service.cancel_job(job_id, owner_filter(user), (body or CancelBody()).reason)
     job = await service.get_job(job_id, owner_filter(user))
-    return Cancelled(job_id=job_id, cancelled=done, status=job.status.value)
-
-
-# -- hosts -----------------------------------------------------------------------------------
+    done = await service.cancel_job(job.id, owner_filter(user), (body or CancelBody()).reason)
+    job = await service.get_job(job.id, owner_filter(user))
+    return Cancelled(job_id=job.id, cancelled=done, status=job.status.value)
 
 
 class HostCreate(BaseModel):
@@ -247,11 +243,9 @@ async def update_host(
 
 @admin_router.post("/hosts/{host_id}/health-check")
 async def check_host_health(host_id: str, _: AdminUser, service: Containers) -> dict[str, Any]:
-    """Ask the host's backend now; 3 failures in a row take it out of routing."""
+    """Probe the host now and record the result; BULKJOBS_HOST_FAILURE_THRESHOLD failures
+    in a row take it out of routing until a probe succeeds."""
     return await service.check_host_health(host_id)
-
-
-# -- templates -------------------------------------------------------------------------------
 
 
 class TemplateCreate(BaseModel):

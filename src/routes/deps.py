@@ -1,4 +1,6 @@
-"""FastAPI dependencies as Annotated aliases: the manager, the registry, the caller."""
+"""Every FastAPI dependency of the routes, as Annotated aliases: the manager, the job type
+registry, the embedded worker, the container services, the event hub, the token cache, and
+the caller."""
 
 from __future__ import annotations
 
@@ -8,9 +10,13 @@ from fastapi import Depends, HTTPException, Request
 
 from src.services.auth import TokenCache
 from src.services.bulk_job_manager import BulkJobManager
+from src.services.containers.bulk_operations import ContainerBulkOperations
+from src.services.containers.service import ContainerJobService
 from src.services.domain import ApiToken
+from src.services.errors import TokenRefused
+from src.services.events import JobEventHub
 from src.services.job_types.registry import JobTypeRegistry
-from src.services.job_worker import JobWorker
+from src.services.worker.scheduler import Scheduler
 
 
 async def get_manager(request: Request) -> BulkJobManager:
@@ -23,14 +29,38 @@ async def get_registry(request: Request) -> JobTypeRegistry:
     return registry
 
 
-async def get_worker(request: Request) -> JobWorker | None:
-    worker: JobWorker | None = getattr(request.app.state, "worker", None)
+async def get_worker(request: Request) -> Scheduler | None:
+    """The embedded worker, or None when this server only enqueues."""
+    worker: Scheduler | None = getattr(request.app.state, "worker", None)
     return worker
 
 
+async def get_containers(request: Request) -> ContainerJobService:
+    service: ContainerJobService = request.app.state.containers
+    return service
+
+
+async def get_bulk_operations(request: Request) -> ContainerBulkOperations:
+    service: ContainerJobService = request.app.state.containers
+    return ContainerBulkOperations(service)
+
+
+async def get_token_cache(request: Request) -> TokenCache:
+    cache: TokenCache = request.app.state.token_cache
+    return cache
+
+
+async def get_events(request: Request) -> JobEventHub:
+    hub: JobEventHub = request.app.state.events
+    return hub
+
+
 Manager = Annotated[BulkJobManager, Depends(get_manager)]
+Containers = Annotated[ContainerJobService, Depends(get_containers)]
+BulkOps = Annotated[ContainerBulkOperations, Depends(get_bulk_operations)]
+Events = Annotated[JobEventHub, Depends(get_events)]
 Registry = Annotated[JobTypeRegistry, Depends(get_registry)]
-Worker = Annotated[JobWorker | None, Depends(get_worker)]
+Worker = Annotated[Scheduler | None, Depends(get_worker)]
 
 
 async def current_user(request: Request) -> ApiToken:
@@ -45,14 +75,17 @@ async def current_user(request: Request) -> ApiToken:
     if scheme.lower() == "bearer" and raw:
         cache: TokenCache = request.app.state.token_cache
         manager: BulkJobManager = request.app.state.manager
-        token = await cache.authenticate(await manager.store(), raw.strip())
+        try:
+            token = await cache.authenticate(await manager.store(), raw.strip())
+        except TokenRefused as exc:
+            raise _unauthorized(f"{exc}; ask for a new token") from None
     if token is None:
-        raise HTTPException(
-            status_code=401,
-            detail="a valid bearer token is required",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _unauthorized("a valid bearer token is required")
     return token
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 async def admin_user(user: Annotated[ApiToken, Depends(current_user)]) -> ApiToken:
@@ -62,9 +95,15 @@ async def admin_user(user: Annotated[ApiToken, Depends(current_user)]) -> ApiTok
 
 
 def owner_filter(user: ApiToken) -> str | None:
-    """Whose jobs a caller may act on: None (everyone's) for an admin, else their own."""
-    return None if user.is_admin else user.user_id
+    """Whose jobs a caller may act on: None (everyone's) for an admin, else their own --
+    never None for a non-admin, whatever their user id holds."""
+    if user.is_admin:
+        return None
+    if not user.user_id:  # authentication refuses such tokens; this guard keeps it so
+        raise HTTPException(status_code=403, detail="this token has no user id")
+    return user.user_id
 
 
 CurrentUser = Annotated[ApiToken, Depends(current_user)]
 AdminUser = Annotated[ApiToken, Depends(admin_user)]
+Tokens = Annotated[TokenCache, Depends(get_token_cache)]

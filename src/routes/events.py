@@ -10,32 +10,23 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from src.routes.deps import CurrentUser, Manager
-from src.services.errors import NotFound
-from src.services.events import JobEvent, JobEventHub
+from src.routes.deps import CurrentUser, Events, Manager, owner_filter
+from src.routes.validation import JsonRoute
+from src.services.events import JobEvent
 
 # Not in the OpenAPI document: a stream that never ends is something schema-driven clients
 # and fuzzers cannot handle (they wait for the end of the body). The README documents them.
-router = APIRouter(tags=["bulk jobs"], include_in_schema=False)
+router = APIRouter(route_class=JsonRoute, tags=["bulk jobs"], include_in_schema=False)
 
 #: Asks EventSource clients to reconnect after 2 s (the dashboard's fetch reader backs off).
 RETRY = b"retry: 2000\n\n"
 HEARTBEAT = b": heartbeat\n\n"
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-async def get_events(request: Request) -> JobEventHub:
-    hub: JobEventHub = request.app.state.events
-    return hub
-
-
-Events = Annotated[JobEventHub, Depends(get_events)]
 
 
 def encode(event: JobEvent, number: int) -> bytes:
@@ -69,8 +60,6 @@ async def user_job_events(user: CurrentUser, events: Events) -> StreamingRespons
 async def job_events(
     job_id: str, user: CurrentUser, manager: Manager, events: Events
 ) -> StreamingResponse:
-    """One of your jobs, then each change to it, live."""
-    job = await manager.get_job(job_id)
-    if job is None or (job.user_id != user.user_id and not user.is_admin):
-        raise NotFound("job not found")
-    return stream(events.job_events(job_id))
+    """One of your jobs (by id or a unique start of it), then each change to it, live."""
+    job = await manager.find_job(job_id, owner_filter(user))
+    return stream(events.job_events(job.id))

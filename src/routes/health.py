@@ -10,12 +10,13 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from src.routes.deps import Manager
+from src.routes.validation import JsonRoute
 from src.services import metrics
 from src.services.bulk_job_manager import BulkJobManager
 from src.services.errors import BulkJobError
 
-router = APIRouter(tags=["health"])
-metrics_router = APIRouter(tags=["health"])
+router = APIRouter(route_class=JsonRoute, tags=["health"])
+metrics_router = APIRouter(route_class=JsonRoute, tags=["health"])
 
 
 @router.get("/healthz")
@@ -35,7 +36,7 @@ async def healthz(manager: Manager) -> JSONResponse:
 
 async def _hosts(manager: BulkJobManager) -> list[dict[str, Any]] | str:
     try:
-        hosts = await (await manager.container_store()).host_list()
+        hosts = await (await manager.store()).host_list()
     except BulkJobError as exc:
         return f"error: {exc}"
     return [

@@ -18,6 +18,6 @@ def model_response(value: BaseModel | list[Any], status_code: int = 200) -> Resp
         kind = type(value[0]) if value else object
         adapter = _ADAPTERS.get(kind)
         if adapter is None:
-            adapter = _ADAPTERS[kind] = TypeAdapter(list[kind])  # type: ignore[valid-type]
+            adapter = _ADAPTERS[kind] = TypeAdapter(list[kind])  # type: ignore[valid-type]  # a type known at run time: one adapter per model class
         body = adapter.dump_json(value)
     return Response(body, status_code=status_code, media_type="application/json")

@@ -19,6 +19,10 @@ class PermissionDenied(BulkJobError):
     """The caller is known but may not do this (an admin-only host, another user's job)."""
 
 
+class TokenRefused(BulkJobError):
+    """A known API token that no longer signs anyone in: revoked, or past its expiry."""
+
+
 class HostFull(Conflict):
     """The executor host has no free slot (current_job_count reached max_concurrent_jobs)."""
 
@@ -39,12 +43,59 @@ class ExportTooLarge(BulkJobError):
         super().__init__(f"export exceeds the size limit of {limit_bytes} bytes")
 
 
+class QuotaExceeded(BulkJobError):
+    """A per-user limit on what is held would be exceeded; nothing was added. `limit` names
+    the setting, `maximum` is its value, `usage` what the user holds now and `requested`
+    what the refused call would have added."""
+
+    limit = ""
+    unit = ""
+
+    def __init__(
+        self, user_id: str, maximum: int, usage: int, requested: int, at_least: bool = False
+    ) -> None:
+        self.user_id, self.maximum, self.usage, self.requested = user_id, maximum, usage, requested
+        more = f"at least {requested}" if at_least else str(requested)
+        super().__init__(
+            f"{self.limit} is {maximum} {self.unit}: user {user_id!r} holds {usage}, and this"
+            f" would add {more}"
+        )
+
+
+class ExportQuotaExceeded(QuotaExceeded):
+    """The bytes of the user's unexpired exports would pass BULKJOBS_USER_MAX_EXPORT_BYTES."""
+
+    limit = "BULKJOBS_USER_MAX_EXPORT_BYTES"
+    unit = "bytes of unexpired exports"
+
+
+class ContainerQuotaExceeded(QuotaExceeded):
+    """The user's unfinished container jobs would pass
+    BULKJOBS_USER_MAX_UNFINISHED_CONTAINER_JOBS (jobs reserved by a bulk creation under way
+    count as unfinished)."""
+
+    limit = "BULKJOBS_USER_MAX_UNFINISHED_CONTAINER_JOBS"
+    unit = "unfinished container jobs"
+
+
+class StorageFull(BulkJobError):
+    """The disk holding exports (BULK_EXPORT_PATH) has no room; nothing was kept."""
+
+
 class InvalidInput(BulkJobError):
     """Input that passed the HTTP layer but not a service rule; names the field."""
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(f"{field}: {message}")
+
+
+class AmbiguousId(InvalidInput):
+    """A shortened id that is the start of more than one id; says how many."""
+
+    def __init__(self, field: str, given: str, matches: str, what: str) -> None:
+        self.matches = matches
+        super().__init__(field, f"{given!r} is the start of {matches} {what} ids; give more of it")
 
 
 class StoreUnavailable(BulkJobError):

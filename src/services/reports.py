@@ -48,7 +48,11 @@ class JobReport(BaseModel):
     status: BulkJobStatus
     priority: str
     progress: float
+    #: The stage running now (else the next to run); None once the job has ended.
     current_stage: str | None
+    #: The stage whose failure failed the job, when that is how it ended.
+    failed_stage: str | None
+    #: The job's items (Job.items_total); each stage keeps its own counts.
     items_total: int | None
     items_completed: int
     items_failed: int
@@ -64,11 +68,13 @@ class JobReport(BaseModel):
     completed_at: datetime | None
     #: Seconds left, extrapolated from progress so far; None until there is progress.
     eta_seconds: float | None
+    #: The job whose failed items this job retries, if it is such a retry.
+    retry_of: str | None = None
 
 
 def job_report(job: Job) -> JobReport:
-    totals = [stage.items_total for stage in job.stages if stage.items_total is not None]
-    current = job.first_unfinished_stage()
+    current = job.running_stage()
+    failed = job.failed_stage()
     now = utcnow()
     return JobReport(
         job_id=job.id,
@@ -77,10 +83,11 @@ def job_report(job: Job) -> JobReport:
         status=job.status,
         priority=job.priority,
         progress=round(job.progress, 6),
-        current_stage=None if job.is_terminal or current is None else current.name,
-        items_total=sum(totals) if totals else None,
-        items_completed=sum(stage.items_completed for stage in job.stages),
-        items_failed=sum(stage.items_failed for stage in job.stages),
+        current_stage=None if current is None else current.name,
+        failed_stage=None if failed is None else failed.name,
+        items_total=job.items_total,
+        items_completed=job.items_completed,
+        items_failed=job.items_failed,
         stages=[_stage_report(stage) for stage in job.stages],
         exports=[
             ExportReport(
@@ -109,12 +116,26 @@ def job_report(job: Job) -> JobReport:
         started_at=job.started_at,
         completed_at=job.completed_at,
         eta_seconds=_eta(job),
+        retry_of=job.retry_of,
     )
 
 
 def _stage_report(stage: Stage) -> StageReport:
     fields = {name: getattr(stage, name) for name in StageReport.model_fields}
     return StageReport.model_construct(**fields)
+
+
+def stage_times(stage: StageReport, now: datetime) -> tuple[float | None, float | None]:
+    """Seconds the stage has run (or ran), and while it runs the seconds left at its own
+    pace so far; None where not known yet."""
+    if stage.started_at is None:
+        return None, None
+    running = stage.status == StageStatus.PROCESSING
+    end = now if running or stage.completed_at is None else stage.completed_at
+    elapsed = max(0.0, (end - stage.started_at).total_seconds())
+    if not running or stage.progress <= 0:
+        return elapsed, None
+    return elapsed, elapsed * (1 - stage.progress) / stage.progress
 
 
 def _eta(job: Job) -> float | None:

@@ -46,8 +46,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(data: Path, **env: str) -> Iterator[Server]:
-    """The server until the block ends; then SIGINT, and it must be gone within 15 s."""
+def serve(data: Path, admin_token: str | None = None, **env: str) -> Iterator[Server]:
+    """The server until the block ends; then SIGINT, and it must be gone within 15 s. With
+    `admin_token` it is a restart on the same data (no first token is printed then)."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -64,7 +65,7 @@ def serve(data: Path, **env: str) -> Iterator[Server]:
     with log_path.open("w") as log:
         process = subprocess.Popen(command, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        login_url = _wait_until_serving(process, log_path)
+        login_url = _wait_until_serving(process, log_path, admin_token)
         token = login_url.split("token=", 1)[1]
         yield Server(f"http://127.0.0.1:{port}", login_url, token, full_env, process)
     finally:
@@ -83,11 +84,15 @@ def stop(process: subprocess.Popen[bytes], log: Path) -> None:
         raise AssertionError(f"the server ignored SIGINT for 15 s:\n{log.read_text()}") from None
 
 
-def _wait_until_serving(process: subprocess.Popen[bytes], log: Path) -> str:
+def _wait_until_serving(
+    process: subprocess.Popen[bytes], log: Path, admin_token: str | None
+) -> str:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         text = log.read_text()
         printed = re.search(r"Open: (\S+\?token=\S+)", text)
+        if admin_token is not None and "Application startup complete" in text:
+            return f"/?token={admin_token}"
         if printed and "Application startup complete" in text:
             return printed.group(1)
         if process.poll() is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from src.services.domain import BulkJobStatus, NewJob, RateLimit
 from src.services.store.local import LocalStore
@@ -29,13 +29,21 @@ def sign_in(page: Page, server: Server, token: str) -> None:
     expect(page.locator("#live")).to_have_text("live")
 
 
-def start_sample(page: Page, items: int, delay_ms: int, fail_every: int = 0) -> None:
+def start_sample(page: Page, items: int, delay_ms: int, fail_every: int = 0) -> str:
+    """Start a sample job from the form; returns the short id the notice shows."""
     form = page.locator("#sample-form")
     form.locator("[name=items]").fill(str(items))
     form.locator("[name=delay_ms]").fill(str(delay_ms))
     form.locator("[name=fail_every]").fill(str(fail_every))
     form.get_by_role("button", name="Start").click()
-    expect(page.locator("#sample-notice")).to_contain_text("Started job")
+    notice = page.locator("#sample-notice")
+    expect(notice).to_contain_text("Started job")
+    return (notice.text_content() or "").removeprefix("Started job ").rstrip(".").strip()
+
+
+def job_row(page: Page, short_id: str) -> Locator:
+    """The list row of one job (the first row may still be an earlier test's job)."""
+    return page.locator("table.jobs tbody tr", has=page.locator(f'a[href^="#/jobs/{short_id}"]'))
 
 
 def stage(page: Page, name: str) -> str | None:
@@ -52,8 +60,7 @@ def test_printed_url_signs_in_then_a_job_runs_live_and_its_export_downloads(
     expect(page.get_by_role("link", name="Hosts")).to_be_visible()
     page.evaluate("window.notReloaded = true")
 
-    start_sample(page, items=80, delay_ms=25, fail_every=8)
-    row = page.locator("table.jobs tbody tr").first
+    row = job_row(page, start_sample(page, items=80, delay_ms=25, fail_every=8))
     expect(row.locator(".badge")).to_have_text("processing")
     row.get_by_role("link").click()
 
@@ -82,14 +89,13 @@ def test_printed_url_signs_in_then_a_job_runs_live_and_its_export_downloads(
     expect(page.locator(".exports")).to_contain_text(re.compile(r"\(in 2[34] h \d+ min\)"))
 
     page.get_by_role("link", name="← All jobs").click()
-    expect(page.locator("table.jobs tbody tr").first.locator(".badge")).to_have_text("completed")
+    expect(row.locator(".badge")).to_have_text("completed")
 
 
 def test_a_running_job_is_cancelled_from_its_page(page: Page, server: Server) -> None:
     sign_in(page, server, server.token("carol"))
     expect(page.get_by_role("link", name="Hosts")).to_be_hidden()
-    start_sample(page, items=5000, delay_ms=20)
-    page.locator("table.jobs tbody tr").first.get_by_role("link").click()
+    job_row(page, start_sample(page, items=5000, delay_ms=20)).get_by_role("link").click()
     expect(page.locator(".timeline li[data-stage=content_fetch]")).to_have_attribute(
         "data-status", "processing"
     )
@@ -97,6 +103,27 @@ def test_a_running_job_is_cancelled_from_its_page(page: Page, server: Server) ->
     expect(page.locator(".job-head .badge")).to_have_text("cancelled")
     expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
     expect(page.locator("[data-role=job-error]")).to_contain_text("cancelled from the dashboard")
+
+
+def test_a_finished_job_retries_its_failed_items_from_its_page(page: Page, server: Server) -> None:
+    sign_in(page, server, server.token("retrier"))
+    start_sample(page, items=12, delay_ms=0, fail_every=4)
+    page.locator("table.jobs tbody tr").first.get_by_role("link").click()
+    expect(page.locator(".job-head .badge")).to_have_text("completed")
+    first = page.url.rsplit("/", 1)[1]
+    expect(page.locator("[data-role=retry-of]")).to_be_hidden()
+    page.get_by_role("button", name="Retry failed items").click()
+    expect(page).not_to_have_url(re.compile(f"{first}$"))
+    retry_of = page.locator("#view-job [data-role=retry-of]")
+    expect(retry_of).to_contain_text(f"Retries the failed items of job {first[:8]}")
+    expect(page.locator(".job-head .badge")).to_have_text("completed")
+    expect(page.locator(".timeline li[data-stage=content_fetch]")).to_contain_text("0 / 3 / 3")
+    # Every item of the retry failed again (by its number): it may be retried in turn.
+    expect(page.get_by_role("button", name="Retry failed items")).to_be_visible()
+    retry_of.get_by_role("link").click()
+    expect(page).to_have_url(re.compile(f"{first}$"))
+    page.get_by_role("link", name="← All jobs").click()
+    expect(page.locator("table.jobs tbody tr").first).to_contain_text("retry of")
 
 
 def test_a_429_is_explained_with_its_retry_after(page: Page, server: Server) -> None:
@@ -171,10 +198,9 @@ def drive(server: Server, job_id: str, completed: int) -> None:
         async with LocalStore(server.env["BULKJOBS_DB_PATH"]) as store:
             job = await store.get_job(job_id)
             assert job is not None
-            if job.status == BulkJobStatus.PENDING:
-                await store.update_status(job_id, BulkJobStatus.PROCESSING)
-                await store.start_stage(job_id, "initialization", 100)
-            await store.update_stage_progress(job_id, "initialization", completed / 100, completed)
+            if job.status == BulkJobStatus.PENDING:  # starting the stage moves the job
+                await store.start_stage(job_id, "content_fetch", 100)
+            await store.update_stage_progress(job_id, "content_fetch", completed / 100, completed)
 
     in_thread(write())
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from src.services.containers.models import ContainerJob, ExecutorHost
+from src.services.domain.containers import ContainerJob, ExecutorHost
 
 
 def make_host(executor_type: str = "local", **fields: Any) -> ExecutorHost:

@@ -25,9 +25,9 @@ from src.services.containers.bulk_operations import (
     MAX_BULK_CREATION_LIMIT,
     ContainerBulkOperations,
 )
-from src.services.containers.models import ContainerJob, ExecutorHost
 from src.services.containers.service import ContainerJobService
 from src.services.domain import utcnow
+from src.services.domain.containers import ContainerJob, ContainerQuota, ExecutorHost
 from src.services.errors import InvalidInput, PermissionDenied, StoreUnavailable
 from src.services.store.base import Store
 from src.services.store.convex import ConvexStore
@@ -78,12 +78,25 @@ class CountingStore:
 
         return counted
 
-    async def container_create_batch(self, jobs: list[ContainerJob]) -> None:
-        self.calls["container_create_batch"] += 1
-        self.batch_sizes.append(len(jobs))
+    async def container_create_copies(
+        self, job: ContainerJob, job_ids: list[str], quota: ContainerQuota | None = None
+    ) -> None:
+        """Bulk creation's batch write: counted, and made to fail when told."""
+        self._batch("container_create_copies", len(job_ids))
+        await self.inner.container_create_copies(job, job_ids, quota)
+
+    async def container_create_batch(
+        self, jobs: list[ContainerJob], quota: ContainerQuota | None = None
+    ) -> None:
+        """Restarts' batch write: counted, and made to fail when told."""
+        self._batch("container_create_batch", len(jobs))
+        await self.inner.container_create_batch(jobs, quota)
+
+    def _batch(self, name: str, size: int) -> None:
+        self.calls[name] += 1
+        self.batch_sizes.append(size)
         if len(self.batch_sizes) in self.fail_batches:
             raise StoreUnavailable("database is locked")
-        await self.inner.container_create_batch(jobs)
 
     @property
     def total(self) -> int:
@@ -110,7 +123,7 @@ def counting(store: Store) -> CountingStore:
 
 @pytest.fixture
 async def service(settings: Settings, counting: CountingStore) -> AsyncIterator[Any]:
-    service = ContainerJobService(BulkJobManager(settings, counting))  # type: ignore[arg-type]
+    service = ContainerJobService(BulkJobManager(settings, counting))  # type: ignore[arg-type]  # a counting wrapper, not a Store subclass
     yield service
     await service.aclose()
 
@@ -175,9 +188,6 @@ async def slots(store: Any, host: ExecutorHost) -> int:
     found = await store.host_get(host.id)
     assert found is not None
     return found.current_job_count
-
-
-# -- create ----------------------------------------------------------------------------------
 
 
 async def test_create_jobs_bulk_success(
@@ -259,14 +269,16 @@ async def test_create_jobs_bulk_with_batching(
 ) -> None:
     jobs, errors = await ops.create_jobs_bulk("alpine:latest", 250, "alice", host, batch_size=100)
     assert (len(jobs), errors) == (250, [])
-    assert counting.calls["container_create_batch"] == 3
+    assert counting.calls["container_create_copies"] == 3
     assert counting.batch_sizes == [100, 100, 50]
 
 
 async def test_batch_size_is_capped_at_500(
     ops: ContainerBulkOperations, counting: CountingStore, host: ExecutorHost
 ) -> None:
-    jobs, _ = await ops.create_jobs_bulk("alpine", 1200, "alice", host, batch_size=5000)
+    jobs, _ = await ops.create_jobs_bulk(
+        "alpine", 1200, "alice", host, batch_size=5000, limited=False
+    )
     assert len(jobs) == 1200 and counting.batch_sizes == [500, 500, 200]
 
 
@@ -299,16 +311,15 @@ async def test_ten_thousand_jobs_in_batches_of_500(
     if isinstance(store, ConvexStore) and not SLOW:
         pytest.skip(reason="35 s on the Convex test server; set BULKJOBS_SLOW_TESTS=1")
     started = time.perf_counter()
-    jobs, errors = await ops.create_jobs_bulk("alpine", 10_000, "alice", host, batch_size=500)
+    jobs, errors = await ops.create_jobs_bulk(
+        "alpine", 10_000, "alice", host, batch_size=500, limited=False
+    )
     elapsed = time.perf_counter() - started
     assert (len(jobs), errors) == (10_000, [])
     assert counting.batch_sizes == [500] * 20
     sample = [jobs[0].id, jobs[4_999].id, jobs[-1].id]
     assert [job.id for job in await store.container_get_many(sample)] == sample
     print(f"10,000 jobs in {elapsed:.2f} s")  # shown with -s; timings live in bench/
-
-
-# -- migrate ---------------------------------------------------------------------------------
 
 
 async def test_migrate_jobs_to_host_success(
@@ -400,9 +411,6 @@ async def test_migrate_five_thousand_jobs(
     assert set((await statuses(store, ids)).values()) == {"pending"}
     moved = await store.container_list(host_id=target.id, limit=1000)
     assert len(moved) == 1000
-
-
-# -- status ----------------------------------------------------------------------------------
 
 
 async def test_bulk_update_job_status_success(
@@ -582,9 +590,6 @@ async def test_a_failing_write_is_reported_per_id(
     assert all("database went away" in error for error in errors.values())
 
 
-# -- delete and cleanup ----------------------------------------------------------------------
-
-
 async def test_bulk_delete_jobs_success(
     ops: ContainerBulkOperations, store: Any, host: ExecutorHost
 ) -> None:
@@ -647,9 +652,6 @@ async def test_bulk_cleanup_old_jobs(
     assert left == {old_running: "running", recent: "completed"}
     with pytest.raises(InvalidInput, match="days_old"):
         await ops.bulk_cleanup_old_jobs(-1)
-
-
-# -- inspect and ownership -------------------------------------------------------------------
 
 
 async def test_get_bulk_status(

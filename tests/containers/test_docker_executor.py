@@ -13,7 +13,7 @@ from src.services.containers.executors.errors import (
     ExecutorConnectionError,
     ExecutorResourceError,
 )
-from src.services.containers.models import ContainerJob, ExecutorHost
+from src.services.domain.containers import ContainerJob, ExecutorHost
 from tests.conftest import DOCKER_IMAGE
 from tests.containers.conftest import make_host, make_job
 
@@ -38,7 +38,7 @@ async def run_to_end(executor: DockerExecutor, job: ContainerJob) -> HarvestResu
 @pytest.fixture
 async def executor(docker_host: ExecutorHost) -> DockerExecutor:
     executor = DockerExecutor(docker_host)
-    yield executor  # type: ignore[misc]
+    yield executor  # type: ignore[misc]  # an async generator fixture typed as its value
     await executor.aclose()
 
 

@@ -7,7 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from src.services.containers.models import (
+from src.services.domain import utcnow
+from src.services.domain.containers import (
     TRANSITIONS,
     ContainerJobStatus,
     EnvironmentVariableTemplate,
@@ -17,7 +18,6 @@ from src.services.containers.models import (
     redact,
     strip_timestamps,
 )
-from src.services.domain import utcnow
 from src.services.errors import Conflict, InvalidInput
 from tests.containers.conftest import make_host, make_job
 
@@ -113,7 +113,7 @@ def test_host_capacity_availability_and_display() -> None:
     }
     assert host.get_display_name() == "box (Docker)"
     assert not make_host("docker", current_job_count=10, max_concurrent_jobs=10).is_available()
-    assert not make_host("docker", health_check_failures=3).is_available()
+    assert not make_host("docker", health_check_failures=3, healthy=False).is_available()
     assert not make_host("docker", is_active=False).is_available()
 
 

@@ -1,4 +1,5 @@
-"""ContainerJobService + ContainerProcessor on the embedded store, local and mock executors."""
+"""ContainerJobService + ContainerProcessor (claimed by the Scheduler's container job source)
+on the embedded store, local and mock executors."""
 
 from __future__ import annotations
 
@@ -10,29 +11,41 @@ import pytest
 
 from src.config import Settings
 from src.services.bulk_job_manager import BulkJobManager
-from src.services.containers.models import ContainerJob
-from src.services.containers.processor import ContainerProcessor
 from src.services.containers.service import ContainerJobService
+from src.services.domain.containers import ContainerJob
 from src.services.errors import InvalidInput
 from src.services.store.local import LocalStore
+from src.services.worker.registry import OperationRegistry
+from src.services.worker.scheduler import Scheduler
+from src.services.worker.sources import CONTAINER_JOB, ContainerJobSource
 
 
 @pytest.fixture
 async def service(
     settings: Settings, local_store: LocalStore
 ) -> AsyncIterator[ContainerJobService]:
-    service = ContainerJobService(BulkJobManager(settings, local_store))
+    fast = settings.model_copy(update={"bulkjobs_retry_backoff_s": 0.01})
+    service = ContainerJobService(BulkJobManager(fast, local_store))
     yield service
     await service.aclose()
 
 
-def processor(service: ContainerJobService, **options: float) -> ContainerProcessor:
-    values = {"poll_interval_s": 0.05, "retry_backoff_s": 0.01} | options
-    return ContainerProcessor(service, **values)  # type: ignore[arg-type]
+async def processor(
+    service: ContainerJobService, concurrency: int = 4, lease_s: float = 30.0
+) -> Scheduler:
+    """A Scheduler that claims container jobs only, as `process_container_jobs` runs."""
+    store = await service.store()
+    settings = service.manager.settings
+    registry = OperationRegistry()
+    source = ContainerJobSource(store, await service.factory(), settings, poll_interval_s=0.05)
+    registry.add_source(source)
+    return Scheduler(
+        "processor", [CONTAINER_JOB], concurrency, concurrency, store, registry, None, lease_s, 0.05
+    )
 
 
 async def run_all(service: ContainerJobService, *jobs: ContainerJob) -> list[ContainerJob]:
-    await asyncio.wait_for(processor(service).run(once=True), 60)
+    await asyncio.wait_for((await processor(service)).run(burst=True), 60)
     return [await service.get_job(job.id) for job in jobs]
 
 
@@ -71,7 +84,7 @@ async def test_transient_launch_errors_are_retried_then_fail(
     assert done.retry_count == 2
     assert "launch failed" in done.status_message
     store = await service.store()
-    assert (await store.host_get(host.id)).current_job_count == 0  # type: ignore[union-attr]
+    assert (await store.host_get(host.id)).current_job_count == 0  # type: ignore[union-attr]  # the host exists: created above
 
 
 async def test_host_counts_return_to_zero(service: ContainerJobService) -> None:
@@ -86,7 +99,7 @@ async def test_host_counts_return_to_zero(service: ContainerJobService) -> None:
 
 async def test_cancel_stops_a_running_container(service: ContainerJobService) -> None:
     job = await service.create_job("local", "sleep 30", executor_type="local")
-    worker = processor(service, lease_s=0.3)
+    worker = await processor(service, lease_s=0.3)
     task = asyncio.create_task(worker.run())
     for _ in range(200):
         if (await service.get_job(job.id)).status == "running":
@@ -105,23 +118,23 @@ async def test_cancel_stops_a_running_container(service: ContainerJobService) ->
 
 async def test_restarted_processor_resumes_a_running_job(service: ContainerJobService) -> None:
     job = await service.create_job("local", "sleep 0.5; echo finished", executor_type="local")
-    first = processor(service)
+    first = await processor(service)
     await first.tick()
     for _ in range(200):
         if (await service.get_job(job.id)).status == "running":
             break
         await asyncio.sleep(0.02)
     await first.aclose()  # hands the lease back; the process keeps running
-    second = processor(service)
+    second = await processor(service)
     (done,) = await asyncio.wait_for(run_all_with(second, service, job), 30)
     assert done.status == "completed"
     assert done.stdout_log == "finished\n"
 
 
 async def run_all_with(
-    worker: ContainerProcessor, service: ContainerJobService, job: ContainerJob
+    worker: Scheduler, service: ContainerJobService, job: ContainerJob
 ) -> list[ContainerJob]:
-    await worker.run(once=True)
+    await worker.run(burst=True)
     return [await service.get_job(job.id)]
 
 
@@ -143,7 +156,7 @@ async def test_create_job_errors_name_the_field(
     service: ContainerJobService, arguments: dict[str, object], field: str
 ) -> None:
     with pytest.raises(InvalidInput) as raised:
-        await service.create_job(**arguments)  # type: ignore[arg-type]
+        await service.create_job(**arguments)  # type: ignore[arg-type]  # bad arguments on purpose
     assert raised.value.field == field
 
 
@@ -183,7 +196,7 @@ async def test_local_logs_are_read_live_and_after(service: ContainerJobService) 
         executor_type="local",
         timeout_seconds=60,
     )
-    worker = processor(service)
+    worker = await processor(service)
     task = asyncio.create_task(worker.run())
     logs: dict[str, str] = {}
     for _ in range(300):
@@ -209,8 +222,8 @@ async def test_a_hosts_limit_holds_whatever_the_processor_concurrency(
     jobs = [await service.create_job("img", "echo hi", host=host.id) for _ in range(4)]
     store = await service.store()
     peak = 0
-    worker = processor(service, concurrency=4)
-    task = asyncio.create_task(worker.run(once=True))
+    worker = await processor(service, concurrency=4)
+    task = asyncio.create_task(worker.run(burst=True))
     while not task.done():
         current = await store.host_get(host.id)
         peak = max(peak, current.current_job_count if current else 0)
@@ -220,7 +233,7 @@ async def test_a_hosts_limit_holds_whatever_the_processor_concurrency(
         done = [await service.get_job(job.id) for job in jobs]
         if all(job.status == "completed" for job in done):
             break
-        await asyncio.wait_for(processor(service, concurrency=4).run(once=True), 30)
+        await asyncio.wait_for((await processor(service, concurrency=4)).run(burst=True), 30)
         await asyncio.sleep(0.05)
     assert [job.status for job in done] == ["completed"] * 4
     assert peak == 1
@@ -238,14 +251,32 @@ async def test_an_executor_that_keeps_failing_gives_up_on_the_job(
     monkeypatch.setattr(MockExecutor, "check_status", broken)
     host = await service.create_host(name="flaky", executor_type="mock")
     job = await service.create_job("img", "sleep 1", host=host.id)
-    for _ in range(10):
-        await processor(service, lease_s=0.05).run(once=True)
+    for _ in range(50):
+        await (await processor(service)).run(burst=True)
         if (await service.get_job(job.id)).is_terminal_status:
             break
-        await asyncio.sleep(0.06)  # the held lease expires
+        await asyncio.sleep(0.05)  # each failed attempt backs off before the next claim
     done = await service.get_job(job.id)
     assert done.status == "failed"
-    assert "gave up after 5 processor errors" in done.status_message
+    assert "gave up after 5 attempts" in done.status_message
     assert "backend says no" in done.status_message
     current = await (await service.store()).host_get(host.id)
     assert current is not None and current.current_job_count == 0
+
+
+async def test_a_full_hosts_backlog_is_left_alone_while_it_waits(
+    service: ContainerJobService,
+) -> None:
+    host = await service.create_host(name="full", executor_type="mock", max_concurrent_jobs=1)
+    await service.increment_job_count(host.id)  # its one slot is taken
+    jobs = [await service.create_job("img", "echo hi", host=host.id) for _ in range(100)]
+    worker = await processor(service, concurrency=8)
+    for _ in range(3):
+        assert await worker.tick() == 0  # nothing is claimed, moved or written
+    store = await service.store()
+    untouched = await store.container_get_many([job.id for job in jobs])
+    assert {(j.status, j.lease_owner, j.attempts) for j in untouched} == {("pending", None, 0)}
+    assert [j.updated_at for j in untouched] == [j.updated_at for j in jobs]
+    await service.decrement_job_count(host.id)
+    assert await worker.tick() == 1  # one slot: one job
+    await worker.aclose()

@@ -13,7 +13,7 @@ def test_skips_inactive_unhealthy_full_and_incompatible_hosts() -> None:
     job = make_job("x", "docker", docker_image="localhost:5000/app")
     hosts = [
         make_host("docker", name="off", is_active=False, weight=1000),
-        make_host("docker", name="sick", health_check_failures=3, weight=1000),
+        make_host("docker", name="sick", health_check_failures=3, healthy=False, weight=1000),
         make_host("docker", name="full", current_job_count=2, max_concurrent_jobs=2, weight=1000),
         make_host("cloudrun", name="cloud", weight=1000),  # cannot pull a localhost image
         make_host("docker", name="ok", weight=1),

@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
-from src.services.containers.models import (
+from src.services.domain import ClaimRules, Failure, utcnow
+from src.services.domain.containers import (
     ContainerJob,
     EnvironmentVariableTemplate,
     ExecutorHost,
+    ExitAttempt,
+    ExitRetryPolicy,
 )
-from src.services.domain import utcnow
 from src.services.errors import Conflict, HostFull, NotFound
 from src.services.store.base import ContainerStore, Store
 
@@ -47,9 +49,6 @@ async def count(store: ContainerStore, host_id: str = "h1") -> int:
     found = await store.host_get(host_id)
     assert found is not None
     return found.current_job_count
-
-
-# -- create and read -------------------------------------------------------------------------
 
 
 async def test_create_and_get_round_trip(cstore: ContainerStore) -> None:
@@ -116,16 +115,13 @@ async def test_list_newest_first_with_filters(cstore: ContainerStore) -> None:
     assert await cstore.container_list(status="pending", created_by="nobody") == []
 
 
-# -- claim and leases ------------------------------------------------------------------------
-
-
 async def test_claim_orders_by_priority_then_age(cstore: ContainerStore) -> None:
     now = utcnow()
     low = job(priority=-5, created_at=now - timedelta(seconds=9))
     old = job(created_at=now - timedelta(seconds=5))
     new = job(created_at=now - timedelta(seconds=1))
     high = job(priority=10, created_at=now)
-    await cstore.container_create_batch([low, old, new, high])
+    await with_host(cstore, low, old, new, high)
     claimed = await cstore.container_claim("p1", 30, 3)
     assert [j.id for j in claimed] == [high.id, old.id, new.id]
     assert all(j.lease_owner == "p1" and j.lease_expires_at is not None for j in claimed)
@@ -159,9 +155,6 @@ async def test_heartbeat_release_and_terminal(cstore: ContainerStore) -> None:
     assert await cstore.container_heartbeat(job_id, "someone", 30) == "cancelled"
     with pytest.raises(NotFound):
         await cstore.container_heartbeat("missing", "p1", 30)
-
-
-# -- transitions -----------------------------------------------------------------------------
 
 
 async def test_transition_legal_and_illegal(cstore: ContainerStore) -> None:
@@ -226,6 +219,38 @@ async def test_launch_retry_frees_the_slot(cstore: ContainerStore) -> None:
     assert await count(cstore) == 0
 
 
+async def test_an_exit_retry_frees_the_slot_and_keeps_each_run(cstore: ContainerStore) -> None:
+    policy = ExitRetryPolicy(retry_on_exit_codes=[3, 137], max_retries=2, backoff_s=0.5)
+    [job_id] = await with_host(cstore, job(exit_retry=policy))
+    created = await cstore.container_get(job_id)
+    assert created is not None and created.exit_retry == policy and created.exit_attempts == []
+    await cstore.container_transition(job_id, "launching")
+    await cstore.container_transition(job_id, "running")
+    now = utcnow()
+    run = ExitAttempt(
+        attempt=1,
+        status="failed",
+        exit_code=3,
+        error="no good",
+        started_at=now - timedelta(seconds=2),
+        finished_at=now,
+        retry_in_s=0.4,
+    )
+    fields = {"exit_attempts": [run], "exit_code": 3, "status_message": "exit code 3"}
+    retried = await cstore.container_transition(job_id, "retrying", fields)
+    assert retried.exit_attempts == [run]
+    assert await count(cstore) == 0
+    await cstore.container_transition(job_id, "queued")
+    await cstore.container_transition(job_id, "launching")
+    await cstore.container_transition(job_id, "running")
+    last = ExitAttempt(attempt=2, status="completed", exit_code=0, finished_at=utcnow())
+    done = await cstore.container_transition(job_id, "completed", {"exit_attempts": [run, last]})
+    assert done.exit_attempts == [run, last]
+    again = await cstore.container_get(job_id)
+    assert again is not None and again.exit_attempts == [run, last]
+    assert again.exit_retry == policy
+
+
 async def test_transition_many_mixed(cstore: ContainerStore) -> None:
     pending, done = await with_host(cstore, job(), job())
     await cstore.container_transition(done, "failed")
@@ -251,9 +276,6 @@ async def test_migrate_only_unstarted_jobs(cstore: ContainerStore) -> None:
     assert found is not None and (found.host_id, found.executor_type) == ("h2", "docker")
     with pytest.raises(NotFound):
         await cstore.container_migrate([waiting], "no-host", "docker")
-
-
-# -- removal and counts ----------------------------------------------------------------------
 
 
 async def test_remove_with_and_without_force(cstore: ContainerStore) -> None:
@@ -287,9 +309,6 @@ async def test_count_by_status(cstore: ContainerStore) -> None:
     a, _, _ = await with_host(cstore, job(), job(), job())
     await cstore.container_transition(a, "queued")
     assert await cstore.container_count_by_status() == {"pending": 2, "queued": 1}
-
-
-# -- hosts -----------------------------------------------------------------------------------
 
 
 async def test_default_local_host_on_a_fresh_store(cstore: ContainerStore) -> None:
@@ -337,6 +356,40 @@ async def test_host_health(cstore: ContainerStore) -> None:
         await cstore.host_record_health("nope", True)
 
 
+async def test_host_health_keeps_each_result_and_a_threshold(cstore: ContainerStore) -> None:
+    await cstore.host_create(host())
+    first = await cstore.host_record_health("h1", False, "connection refused", threshold=2)
+    assert (first.health_check_failures, first.healthy) == (1, True)
+    assert first.last_health_error == "connection refused"
+    assert first.last_health_check is not None
+    launch = await cstore.host_record_health(
+        "h1", False, "launch failed: down", threshold=2, probe=False
+    )
+    assert (launch.health_check_failures, launch.healthy) == (2, False)
+    assert launch.last_health_error == "launch failed: down"
+    assert launch.last_health_check == first.last_health_check  # only probes move it
+    (listed,) = [h for h in await cstore.host_list() if h.id == "h1"]
+    assert not listed.healthy and not listed.is_available()
+    back = await cstore.host_record_health("h1", True, threshold=2)
+    assert (back.health_check_failures, back.healthy, back.last_health_error) == (0, True, None)
+
+
+async def test_probes_are_claimed_once_per_interval(cstore: ContainerStore) -> None:
+    await cstore.host_create(host())
+    await cstore.host_create(host("h2", is_active=False))
+    first = await cstore.host_claim_probes(60, 10)
+    assert sorted(h.id for h in first) == ["h1", "local"]  # never the inactive host
+    assert all(h.next_probe_at is not None and h.next_probe_at > utcnow() for h in first)
+    assert await cstore.host_claim_probes(60, 10) == []  # not due again for a minute
+    stored = await cstore.host_get("h1")
+    assert stored is not None and stored.next_probe_at is not None
+    soon = await cstore.host_claim_probes(60, 1)
+    assert soon == []
+    await cstore.host_update("h1", {"next_probe_at": utcnow() - timedelta(seconds=1)})
+    (due,) = await cstore.host_claim_probes(0.001, 5)
+    assert due.id == "h1"
+
+
 async def test_host_count_moves_atomically_within_bounds(cstore: ContainerStore) -> None:
     await cstore.host_create(host(max_concurrent_jobs=2))
     counts = [(await cstore.host_adjust_count("h1", +1)).current_job_count for _ in range(3)]
@@ -347,9 +400,6 @@ async def test_host_count_moves_atomically_within_bounds(cstore: ContainerStore)
     assert await count(cstore) == 2  # concurrent increments never pass the maximum
     with pytest.raises(NotFound):
         await cstore.host_adjust_count("nope", +1)
-
-
-# -- templates -------------------------------------------------------------------------------
 
 
 async def test_templates(cstore: ContainerStore) -> None:
@@ -381,9 +431,101 @@ async def test_a_full_host_refuses_another_active_job(cstore: ContainerStore) ->
     await cstore.container_transition(first.id, "launching")
     with pytest.raises(HostFull):
         await cstore.container_transition(second.id, "launching", report_id="r-full")
-    assert (await cstore.container_get(second.id)).status == "pending"  # type: ignore[union-attr]
+    assert (await cstore.container_get(second.id)).status == "pending"  # type: ignore[union-attr]  # the job exists: created above
     assert await count(cstore) == 1
     await cstore.container_transition(first.id, "failed")
     # The refused report was rolled back with the transition: the same id applies now.
     moved = await cstore.container_transition(second.id, "launching", report_id="r-full")
     assert moved.status == "launching" and await count(cstore) == 1
+
+
+async def test_a_full_hosts_backlog_is_not_claimed(cstore: ContainerStore) -> None:
+    await cstore.host_create(host(max_concurrent_jobs=1))
+    first, second = job(), job()
+    await cstore.container_create_batch([first, second])
+    claimed = await cstore.container_claim("p1", 30, 10)
+    assert [j.id for j in claimed] == [first.id]  # one slot: one claimed, not yet launched
+    assert await cstore.container_claim("p2", 30, 10) == []
+    await cstore.container_transition(first.id, "queued")
+    await cstore.container_transition(first.id, "launching")
+    assert await cstore.container_claim("p2", 30, 10) == []
+    await cstore.container_transition(first.id, "running")
+    await cstore.container_transition(first.id, "completed")
+    assert [j.id for j in await cstore.container_claim("p2", 30, 10)] == [second.id]
+
+
+async def test_container_users_take_turns(cstore: ContainerStore) -> None:
+    now = utcnow()
+    a = [job(created_by="a", created_at=now - timedelta(seconds=9 - n)) for n in range(3)]
+    b = job(created_by="b", created_at=now)
+    await with_host(cstore, *a, b)
+    first = await cstore.container_claim("p1", 30, 1)
+    assert [j.id for j in first] == [a[0].id]
+    second = await cstore.container_claim("p1", 30, 1)
+    assert [j.id for j in second] == [b.id]  # a holds one already
+    rest = await cstore.container_claim("p1", 30, 10)
+    assert [j.id for j in rest] == [a[1].id, a[2].id]
+
+
+async def test_claim_for_one_bulk_job(cstore: ContainerStore) -> None:
+    mine, other = job(bulk_job_id="bulk-1"), job(bulk_job_id="bulk-2")
+    await with_host(cstore, other, mine)
+    claimed = await cstore.container_claim("p1", 30, 10, bulk_job_id="bulk-1")
+    assert [j.id for j in claimed] == [mine.id]
+
+
+async def test_a_failed_container_attempt_backs_off_then_gives_up(cstore: ContainerStore) -> None:
+    [job_id] = await with_host(cstore, job())
+    rules = ClaimRules(max_attempts=2)
+    [claimed] = await cstore.container_claim("p1", 30, 1, rules=rules)
+    assert claimed.attempts == 1
+    await cstore.container_transition(job_id, "queued")
+    await cstore.container_transition(job_id, "launching")
+    assert await count(cstore) == 1
+    status = await cstore.container_release(job_id, "p1", Failure(error="down", retry_in_s=0.3))
+    assert status == "launching"
+    assert await cstore.container_claim("p2", 30, 1, rules=rules) == []  # backing off
+    await asyncio.sleep(0.4)
+    [again] = await cstore.container_claim("p2", 30, 1, rules=rules)
+    assert (again.attempts, again.last_error) == (2, "down")
+    failure = Failure(error="still down", retry_in_s=0, max_attempts=2)
+    assert await cstore.container_release(job_id, "p2", failure) == "failed"
+    done = await cstore.container_get(job_id)
+    assert done is not None and done.status == "failed"
+    assert done.status_message == "gave up after 2 attempts; last error: still down"
+    assert done.lease_owner is None
+    assert await count(cstore) == 0  # the slot it held is free again
+
+
+async def test_a_container_hand_back_uses_no_attempt(cstore: ContainerStore) -> None:
+    [job_id] = await with_host(cstore, job())
+    for owner in ("p1", "p2"):
+        [claimed] = await cstore.container_claim(owner, 30, 1, rules=ClaimRules(max_attempts=1))
+        assert (claimed.id, claimed.attempts) == (job_id, 1)
+        assert await cstore.container_release(job_id, owner) == "pending"
+
+
+async def test_a_container_job_whose_processor_keeps_dying_fails(cstore: ContainerStore) -> None:
+    [job_id] = await with_host(cstore, job())
+    rules = ClaimRules(max_attempts=1)
+    await cstore.container_claim("dead", 0.2, 1, rules=rules)
+    await cstore.container_transition(job_id, "queued")
+    await asyncio.sleep(0.3)
+    assert await cstore.container_claim("p2", 30, 1, rules=rules) == []
+    done = await cstore.container_get(job_id)
+    assert done is not None and done.status == "failed"
+    assert done.status_message.startswith("gave up after 1 attempts; last error: its worker")
+
+
+async def test_create_copies_writes_one_document_under_each_id(cstore: ContainerStore) -> None:
+    model = job(name="copy", memory_limit=64, network_configuration=[{"network_name": "n"}])
+    await with_host(cstore)
+    ids = [uuid.uuid4().hex for _ in range(3)]
+    await cstore.container_create_copies(model, ids)
+    copies = await cstore.container_get_many(ids)
+    assert [c.id for c in copies] == ids
+    expected = model.model_dump(exclude={"id"})
+    assert all(c.model_dump(exclude={"id"}) == expected for c in copies)
+    with pytest.raises(Conflict):  # one id taken: none of the batch is written
+        await cstore.container_create_copies(model, [uuid.uuid4().hex, ids[0]])
+    assert len(await cstore.container_list(limit=100)) == 3

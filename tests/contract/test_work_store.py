@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
+from src.services.domain.work import MAX_WORK_BATCH, NewWorkItem, WorkReport
 from src.services.errors import Conflict, InvalidInput
 from src.services.store.base import Store, WorkStore
-from src.services.worker.models import MAX_WORK_BATCH, NewWorkItem, WorkReport
 
 
 @pytest.fixture
 def work(store: Store) -> WorkStore:
-    return cast(WorkStore, store)
+    return store
 
 
 def new(*ids: str, operation: str = "noop", **extra: Any) -> list[NewWorkItem]:

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from src.services.worker.scheduler import Scheduler
+from src.services.worker.service import build_registry
 from tests.integration.conftest import Api
 
 SAMPLE = {"job_type": "sample", "job_data": {"items": 20, "delay_ms": 1, "fail_every": 5}}
@@ -196,9 +198,17 @@ async def test_job_types_are_listed(api: Api) -> None:
 
 
 @pytest.mark.parametrize("embedded_worker", [False])
-async def test_background_task_runs_the_job_without_a_worker(api: Api) -> None:
+async def test_without_the_embedded_worker_the_api_only_enqueues(api: Api) -> None:
     response = await api.client.post("/bulk-jobs", json=SAMPLE, headers=api.alice)
-    job = await api.wait_for(response.json()["job_id"])
+    job_id = response.json()["job_id"]
+    # The ASGI call is over (background tasks included) and nothing has run the job.
+    job = (await api.client.get(f"/bulk-jobs/{job_id}", headers=api.alice)).json()
+    assert (job["status"], api.app.state.worker) == ("pending", None)
+    worker = Scheduler(
+        "a-worker", ["bulk_job"], 4, 4, await api.manager.store(), await build_registry(api.manager)
+    )
+    await asyncio.wait_for(worker.run(burst=True), 30)
+    job = (await api.client.get(f"/bulk-jobs/{job_id}", headers=api.alice)).json()
     assert job["status"] == "completed"
 
 
@@ -222,6 +232,15 @@ async def test_create_export_over_http_and_download_it(api: Api) -> None:
     assert download.text.splitlines() == ['"id","nested.x"', '1,"a"', '2,"b"']
     stolen = await api.client.post(f"/bulk-jobs/{job_id}/exports", json=body, headers=api.bob)
     assert stolen.status_code == 404
+
+
+@pytest.mark.parametrize("hours", [0, -1, 24 * 365 + 1])
+async def test_export_expiry_out_of_range_is_422_naming_the_field(api: Api, hours: float) -> None:
+    job_id = (await api.client.post("/bulk-jobs", json=SAMPLE, headers=api.alice)).json()["job_id"]
+    body = {"export_format": "json", "data": [1], "expires_in_hours": hours}
+    response = await api.client.post(f"/bulk-jobs/{job_id}/exports", json=body, headers=api.alice)
+    assert response.status_code == 422, response.text
+    assert "expires_in_hours" in response.text
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "zip"])

@@ -70,3 +70,14 @@ def test_migrate_delete_and_cleanup(environment: Path) -> None:
     runner.invoke(containers_app, ["set-status", "failed", *ids[1:]])
     result = runner.invoke(containers_app, ["cleanup", "--days", "0"])
     assert result.exit_code == 0 and "deleted 2 old container jobs" in result.stdout
+
+
+def test_bulk_create_obeys_the_per_user_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BULKJOBS_USER_MAX_UNFINISHED_CONTAINER_JOBS", "6")
+    get_settings.cache_clear()
+    create(4)
+    args = ["bulk-create", "busybox", "--count", "3", "--host", "local", "--batch-size", "2"]
+    result = runner.invoke(containers_app, args)
+    assert result.exit_code == 1
+    assert "BULKJOBS_USER_MAX_UNFINISHED_CONTAINER_JOBS is 6" in result.stderr
+    assert "holds 4" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -97,7 +98,9 @@ def test_cleanup_removes_orphaned_containers(docker_url: str) -> None:
     orphan = with_service(launch_orphan)
     result = runner.invoke(app, ["cleanup_containers", "--days", "1"])
     assert result.exit_code == 0, result.output
-    assert "1 orphaned containers" in result.stdout
+    # At least ours: the engine may hold other orphans (an earlier run's, killed mid-test).
+    removed = re.search(r"(\d+) orphaned containers", result.stdout)
+    assert removed is not None and int(removed.group(1)) >= 1, result.stdout
 
     async def status(_: ContainerJobService) -> str:
         executor = DockerExecutor(make_host("docker", connection_string=docker_url))

@@ -121,6 +121,8 @@ async def test_cancel_over_http_stops_the_job(api: Api) -> None:
         ({"image": "x", "environment_vars": {"1X": "y"}}, "environment_vars"),
         ({"image": "x", "executor_type": "nope"}, "executor_type"),
         ({"image": "x", "surprise": 1}, "surprise"),
+        ({"image": "x", "exit_retry": {"retry_on_exit_codes": [0]}}, "exit_retry"),
+        ({"image": "x", "exit_retry": {"max_retries": 2}}, "exit_retry"),
     ],
 )
 async def test_bad_container_jobs_are_422_naming_the_field(
@@ -129,6 +131,31 @@ async def test_bad_container_jobs_are_422_naming_the_field(
     response = await api.client.post("/container-jobs", json=body, headers=api.admin)
     assert response.status_code == 422
     assert field in json.dumps(response.json())
+
+
+async def test_a_job_that_exits_with_a_listed_code_runs_again_and_shows_each_run(
+    api: Api,
+) -> None:
+    body = {
+        "image": "local",
+        "command": 'echo "try $ITEM" >&2; exit 7',
+        "executor_type": "local",
+        "environment_vars": {"ITEM": "x"},
+        "exit_retry": {"retry_on_exit_codes": [7], "max_retries": 1, "backoff_s": 0.01},
+    }
+    response = await api.client.post("/container-jobs", json=body, headers=api.admin)
+    assert response.status_code == 201, response.text
+    assert response.json()["exit_retry"] == body["exit_retry"]
+    job = await wait_container(api, response.json()["id"], api.admin)
+    assert (job["status"], job["exit_code"]) == ("failed", 7)
+    runs = job["exit_attempts"]
+    assert [(run["attempt"], run["status"], run["exit_code"]) for run in runs] == [
+        (1, "failed", 7),
+        (2, "failed", 7),
+    ]
+    assert [run["error"] for run in runs] == ["try x", "try x"]
+    assert runs[0]["retry_in_s"] > 0 and runs[1]["retry_in_s"] is None
+    assert all(run["finished_at"] for run in runs)
 
 
 ADMIN_ROUTES = [
@@ -141,6 +168,8 @@ ADMIN_ROUTES = [
     ("POST", "/templates", {"name": "t"}),
     ("GET", "/templates/t", None),
     ("PATCH", "/templates/t", {"description": "d"}),
+    ("GET", "/admin/tokens", None),
+    ("DELETE", "/admin/tokens/000000000000", None),
 ]
 
 

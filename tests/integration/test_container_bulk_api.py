@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from src.services.containers.models import ExecutorHost
 from src.services.containers.service import ContainerJobService
+from src.services.domain.containers import ExecutorHost
 from tests.integration.conftest import Api
 
 BULK = "/container-jobs/bulk"
@@ -134,6 +134,27 @@ async def test_migrate(bulk_api: Api) -> None:
     missing = {"job_ids": mine, "target_host": "nowhere"}
     response = await bulk_api.client.post(f"{BULK}/migrate", json=missing, headers=bulk_api.alice)
     assert response.status_code == 422
+
+
+async def test_an_admin_cannot_move_a_users_job_onto_an_unisolated_host(bulk_api: Api) -> None:
+    """Issue 14 item 3: the admin's migrate to `local` would have run alice's command as the
+    service's user. It is refused per job (409 when nothing moved), and the job stays."""
+    source = await mock_host(bulk_api, "mock-a")
+    mine = (await create(bulk_api, bulk_api.alice, count=1))["job_ids"]
+    admins = (await create(bulk_api, bulk_api.admin, count=1))["job_ids"]
+    body = {"job_ids": mine, "target_host": "local"}
+    response = await bulk_api.client.post(f"{BULK}/migrate", json=body, headers=bulk_api.admin)
+    assert response.status_code == 409, response.text
+    assert response.json()["count"] == 0
+    reason = response.json()["errors"][mine[0]]
+    assert "host local" in reason and "without isolation" in reason
+    assert (await containers(bulk_api).get_job(mine[0])).host_id == source.id
+
+    both = {"job_ids": mine + admins, "target_host": "local"}
+    response = await bulk_api.client.post(f"{BULK}/migrate", json=both, headers=bulk_api.admin)
+    assert response.status_code == 200
+    assert response.json()["count"] == 1 and list(response.json()["errors"]) == mine
+    assert (await containers(bulk_api).get_job(admins[0])).host_id == "local"
 
 
 async def test_delete_with_and_without_force(bulk_api: Api) -> None:

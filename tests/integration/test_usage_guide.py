@@ -25,6 +25,13 @@ from src.services.bulk_job_manager import (
     BulkJobStatus,
     bulk_job_manager,
 )
+from src.services.errors import Conflict, InvalidInput
+
+
+async def status_of(job_id: str) -> BulkJobStatus:
+    job = await bulk_job_manager.get_job_status(job_id)
+    assert job is not None
+    return job.status
 
 
 @pytest.fixture(autouse=True)
@@ -68,6 +75,7 @@ async def test_1_create_a_bulk_job() -> None:
     assert job is not None
     assert job.status == BulkJobStatus.PENDING
     assert [stage.name for stage in job.stages] == [stage.value for stage in stages]
+    assert (job.items_total, job.items_completed) == (50, 0)  # job_data's total_items
 
 
 async def test_2_process_through_stages() -> None:
@@ -76,8 +84,11 @@ async def test_2_process_through_stages() -> None:
     )
     items_to_process = list(range(50))
 
+    assert await status_of(job_id) == BulkJobStatus.PENDING
+
     # Start a stage
     await bulk_job_manager.start_stage(job_id, BulkJobStage.CONTENT_FETCH, items_total=50)
+    assert await status_of(job_id) == BulkJobStatus.PROCESSING
 
     # Update progress during processing
     for i, _item in enumerate(items_to_process):
@@ -86,6 +97,7 @@ async def test_2_process_through_stages() -> None:
         await bulk_job_manager.update_stage_progress(
             job_id, BulkJobStage.CONTENT_FETCH, progress, items_completed=i + 1
         )
+    assert await status_of(job_id) == BulkJobStatus.PROCESSING
 
     # Complete the stage
     await bulk_job_manager.complete_stage(
@@ -97,6 +109,9 @@ async def test_2_process_through_stages() -> None:
     [stage] = job.stages
     assert (stage.status, stage.items_total, stage.items_completed) == ("completed", 50, 50)
     assert job.progress == 1.0
+    # Its only stage is done, so the job is.
+    assert job.status == BulkJobStatus.COMPLETED and job.completed_at is not None
+    assert (job.items_total, job.items_completed, job.items_failed) == (50, 50, 0)
 
 
 async def test_3_handle_errors() -> None:
@@ -104,6 +119,7 @@ async def test_3_handle_errors() -> None:
         "bulk", "user123", {}, [BulkJobStage.CONTENT_FETCH]
     )
     await bulk_job_manager.start_stage(job_id, BulkJobStage.CONTENT_FETCH)
+    assert await status_of(job_id) == BulkJobStatus.PROCESSING
     try:
         # Process stage...
         raise ConnectionError("network down")
@@ -117,6 +133,117 @@ async def test_3_handle_errors() -> None:
     assert job.stages[0].status == "failed"
     assert job.stages[0].error_message == "network down"
     assert job.stages[0].metadata == {"error_type": "network_error"}
+    # A failed stage fails the job: its error and the stage are recorded.
+    assert job.status == BulkJobStatus.FAILED
+    assert (job.error_message, job.failed_stage) == ("network down", "content_fetch")
+    assert job.completed_at is not None
+    # A late stage call does not revive it.
+    with pytest.raises(Conflict):
+        await bulk_job_manager.start_stage(job_id, BulkJobStage.CONTENT_FETCH)
+    assert await status_of(job_id) == BulkJobStatus.FAILED
+
+
+class ValidationError(Exception):
+    pass
+
+
+class NetworkError(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "message", "metadata"),
+    [
+        (None, "completed", None, {}),
+        (ValidationError("no url"), "failed", "Validation failed: no url", {}),
+        (
+            NetworkError("timed out"),
+            "failed",
+            "timed out",
+            {"retry_after": 300, "error_type": "network"},
+        ),
+        (KeyError("id"), "failed", "Unexpected error: 'id'", {}),
+    ],
+)
+async def test_error_handling(
+    raised: Exception | None, status: str, message: str | None, metadata: dict[str, Any]
+) -> None:
+    stage = BulkJobStage.CONTENT_FETCH
+    job_id = await bulk_job_manager.create_bulk_job("bulk", "user123", {}, [stage])
+    await bulk_job_manager.start_stage(job_id, stage)
+
+    async def process_stage_data() -> None:
+        if raised is not None:
+            raise raised
+
+    try:
+        # Stage processing
+        await process_stage_data()
+        await bulk_job_manager.complete_stage(job_id, stage)
+    except ValidationError as e:
+        # Handle validation errors
+        await bulk_job_manager.fail_stage(job_id, stage, f"Validation failed: {e!s}")
+    except NetworkError as e:
+        # Handle network errors with retry info
+        await bulk_job_manager.fail_stage(
+            job_id, stage, str(e), metadata={"retry_after": 300, "error_type": "network"}
+        )
+    except Exception as e:
+        # Handle unexpected errors
+        await bulk_job_manager.fail_stage(job_id, stage, f"Unexpected error: {e!s}")
+
+    job = await bulk_job_manager.get_job_status(job_id)
+    assert job is not None
+    assert (job.status, job.error_message, job.stages[0].metadata) == (status, message, metadata)
+    assert job.failed_stage == (None if raised is None else "content_fetch")
+
+
+async def test_3_handle_errors_at_the_stage_level() -> None:
+    """Best practice 1: a failure the job can live with is not fatal."""
+    stages = [BulkJobStage.CONTENT_FETCH, BulkJobStage.CONTENT_PROCESSING]
+    job_id = await bulk_job_manager.create_bulk_job("bulk", "user123", {}, stages)
+    await bulk_job_manager.start_stage(job_id, BulkJobStage.CONTENT_FETCH)
+    await bulk_job_manager.fail_stage(
+        job_id,
+        BulkJobStage.CONTENT_FETCH,
+        "mirror down",
+        metadata={"retry_after": 300},
+        fatal=False,
+    )
+    assert await status_of(job_id) == BulkJobStatus.PROCESSING
+    await bulk_job_manager.start_stage(job_id, BulkJobStage.CONTENT_PROCESSING)
+    await bulk_job_manager.complete_stage(job_id, BulkJobStage.CONTENT_PROCESSING)
+    job = await bulk_job_manager.get_job_status(job_id)
+    assert job is not None
+    assert (job.status, job.error_message, job.failed_stage) == ("completed", None, None)
+    assert job.stages[0].error_message == "mirror down"
+
+
+async def test_a_job_driven_by_hand_through_every_stage_ends_completed() -> None:
+    stages = [
+        BulkJobStage.INITIALIZATION,
+        BulkJobStage.CONTENT_FETCH,
+        BulkJobStage.CONTENT_PROCESSING,
+        BulkJobStage.EXPORT_PREPARATION,
+        BulkJobStage.EXPORT_GENERATION,
+    ]
+    job_id = await bulk_job_manager.create_bulk_job(
+        "bulk_tiktok_download", "user123", {"total_items": 50}, stages
+    )
+    seen = []
+    for stage in stages:
+        await bulk_job_manager.start_stage(job_id, stage, items_total=50)
+        job = await bulk_job_manager.get_job_status(job_id)
+        assert job is not None and job.current_stage == stage.value
+        seen.append(job.status)
+        await bulk_job_manager.update_stage_progress(job_id, stage, 0.5, items_completed=25)
+        await bulk_job_manager.complete_stage(job_id, stage, items_completed=50)
+    assert seen == ["initializing", "processing", "processing", "exporting", "exporting"]
+    job = await bulk_job_manager.get_job_status(job_id)
+    assert job is not None
+    assert job.status == BulkJobStatus.COMPLETED and job.completed_at is not None
+    assert (job.progress, job.current_stage) == (1.0, None)
+    assert (job.items_total, job.items_completed, job.items_failed) == (50, 50, 0)
 
 
 async def test_4_create_exports() -> None:
@@ -152,9 +279,26 @@ async def test_4_create_exports() -> None:
         assert archive.read("transcripts.txt").decode() == transcripts
     info = await bulk_job_manager.get_export_info(export_id)
     assert info is not None and info.filename.startswith("bulk_export_")
+    assert await status_of(job_id) == BulkJobStatus.PENDING  # exports do not move the job
 
 
-# -- TikTok bulk download, as the guide writes it; only the TikTok service is stubbed. ------
+@pytest.mark.parametrize("hours", [0, -2, float("nan"), float("inf"), 24 * 365 + 1])
+async def test_export_expiry_must_be_a_positive_number_of_hours(hours: float) -> None:
+    job_id = await bulk_job_manager.create_bulk_job("bulk", "user123", {}, ["export_generation"])
+    with pytest.raises(InvalidInput) as refused:
+        await bulk_job_manager.create_export(job_id, "json", [1], expires_in_hours=hours)
+    assert refused.value.field == "expires_in_hours"
+    job = await bulk_job_manager.get_job_status(job_id)
+    assert job is not None and job.exports == []  # nothing was written
+    assert not (bulk_job_manager.settings.bulk_export_path / job_id).exists()
+
+
+async def test_export_expiry_in_hours() -> None:
+    job_id = await bulk_job_manager.create_bulk_job("bulk", "user123", {}, ["export_generation"])
+    export_id = await bulk_job_manager.create_export(job_id, "json", [1], expires_in_hours=2)
+    info = await bulk_job_manager.get_export_info(export_id)
+    assert info is not None
+    assert (info.expires_at - info.created_at).total_seconds() == pytest.approx(7200)
 
 
 class FakeTikTokService:
@@ -233,7 +377,12 @@ async def fetch_tiktok_videos(job_id: str, job_data: dict[str, Any]) -> None:
 
 
 async def test_tiktok_bulk_download_example() -> None:
-    job_data = {"username": "example_user", "video_count": 50, "export_format": "zip"}
+    job_data = {
+        "username": "example_user",
+        "video_count": 50,
+        "total_items": 50,
+        "export_format": "zip",
+    }
     job_id = await bulk_job_manager.create_bulk_job(
         "bulk_tiktok_download",
         "user123",
@@ -252,9 +401,8 @@ async def test_tiktok_bulk_download_example() -> None:
     assert job.status == BulkJobStatus.COMPLETED, job.error_message
     assert job.stages[1].items_completed == 50
     assert len(job.exports) == 1
-
-
-# -- Audio transcription bulk, as the guide writes it; only the model call is stubbed. ------
+    # The job's items are the 50 videos, however many stages went over them.
+    assert (job.items_total, job.items_completed, job.items_failed) == (50, 50, 0)
 
 
 async def transcribe_audio_file(file_path: str) -> str:
@@ -270,6 +418,7 @@ async def process_bulk_transcription(job_id: str, job_data: dict[str, Any]) -> N
 
     # Initialize transcription stage
     await bulk_job_manager.start_stage(job_id, BulkJobStage.TRANSCRIPTION, items_total=len(files))
+    assert await status_of(job_id) == BulkJobStatus.PROCESSING
 
     transcripts = []
     for i, file_path in enumerate(files):
@@ -302,6 +451,7 @@ async def process_bulk_transcription(job_id: str, job_data: dict[str, Any]) -> N
         items_completed=len([t for t in transcripts if t["status"] == "completed"]),
         items_failed=len([t for t in transcripts if t["status"] == "failed"]),
     )
+    assert await status_of(job_id) == BulkJobStatus.COMPLETED
 
     # Create export
     await bulk_job_manager.create_export(
@@ -319,6 +469,12 @@ async def test_audio_transcription_example() -> None:
     assert job is not None
     stage = job.stages[0]
     assert (stage.status, stage.items_completed, stage.items_failed) == ("completed", 3, 1)
+    assert (job.status, job.items_total, job.items_completed, job.items_failed) == (
+        "completed",
+        4,
+        3,
+        1,
+    )
     [export] = job.exports
     path = await bulk_job_manager.get_export_file_path(export.export_id)
     assert path is not None
@@ -329,8 +485,6 @@ async def test_audio_transcription_example() -> None:
         "completed",
     ]
 
-
-# -- FastAPI background task, as the guide writes it. ----------------------------------------
 
 router = APIRouter()
 
@@ -349,7 +503,7 @@ async def process_bulk_job(job_id: str) -> None:
 
 
 @router.post("/bulk-process")
-async def start_bulk_process(request: BulkProcessRequest, background_tasks: BackgroundTasks):  # type: ignore[no-untyped-def]
+async def start_bulk_process(request: BulkProcessRequest, background_tasks: BackgroundTasks):  # type: ignore[no-untyped-def]  # the usage guide's code, as written
     """Start a bulk processing job"""
 
     # Create job
@@ -367,7 +521,7 @@ async def start_bulk_process(request: BulkProcessRequest, background_tasks: Back
 
 
 @router.get("/bulk-jobs/{job_id}/status")
-async def get_job_status(job_id: str):  # type: ignore[no-untyped-def]
+async def get_job_status(job_id: str):  # type: ignore[no-untyped-def]  # the usage guide's code, as written
     """Get job status and progress"""
     job = await bulk_job_manager.get_job_status(job_id)
     if not job:
@@ -376,7 +530,7 @@ async def get_job_status(job_id: str):  # type: ignore[no-untyped-def]
 
 
 @router.get("/bulk-jobs/{job_id}/export/{export_id}")
-async def download_export(job_id: str, export_id: str):  # type: ignore[no-untyped-def]
+async def download_export(job_id: str, export_id: str):  # type: ignore[no-untyped-def]  # the usage guide's code, as written
     """Download export file"""
     file_path = await bulk_job_manager.get_export_file_path(export_id)
     if not file_path:
@@ -414,9 +568,6 @@ def test_fastapi_background_task_example(settings: Settings) -> None:
         assert client.get(f"/bulk-jobs/x/export/{'nope'}").status_code == 404
 
 
-# -- Monitoring and cleanup -------------------------------------------------------------------
-
-
 async def cleanup_expired_exports() -> None:
     """Clean up expired exports (run periodically)"""
     await bulk_job_manager.cleanup_expired_exports()
@@ -442,3 +593,4 @@ async def test_monitoring_and_cleanup() -> None:
     stats = await get_job_statistics()
     assert stats.total_jobs == 1
     assert stats.exports == 1
+    assert stats.by_status == {"pending": 1}

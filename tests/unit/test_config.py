@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from src.config import ConfigError, load_settings
 
 
-def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
-    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data-home"))
     settings = load_settings()
-    assert str(settings.bulk_export_path) == "exports"
+    # The per-user data directory, wherever the command runs.
+    assert settings.bulkjobs_db_path == tmp_path / "data-home" / "bulkjobs" / "bulkjobs.db"
+    assert settings.bulk_export_path == tmp_path / "data-home" / "bulkjobs" / "exports"
     assert settings.bulk_export_retention_hours == 24
     assert settings.bulk_max_export_size_mb == 500
     assert settings.bulk_rate_limit_window == 60
@@ -52,3 +57,33 @@ def test_convex_needs_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CONVEX_URL", raising=False)
     with pytest.raises(ConfigError, match="CONVEX_URL"):
         load_settings()
+
+
+def test_next_public_convex_url_is_read_when_convex_url_is_unset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CONVEX_URL", raising=False)
+    monkeypatch.setenv("NEXT_PUBLIC_CONVEX_URL", "https://guide.convex.cloud")
+    monkeypatch.setenv("BULKJOBS_STORE", "convex")
+    assert load_settings().convex_url == "https://guide.convex.cloud"
+    monkeypatch.setenv("CONVEX_URL", "")  # as copied from .env.example
+    assert load_settings().convex_url == "https://guide.convex.cloud"
+    monkeypatch.setenv("CONVEX_URL", "https://own.convex.cloud")
+    assert load_settings().convex_url == "https://own.convex.cloud"
+
+
+def test_a_bad_next_public_convex_url_names_that_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONVEX_URL", raising=False)
+    monkeypatch.setenv("NEXT_PUBLIC_CONVEX_URL", "convex.cloud")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "NEXT_PUBLIC_CONVEX_URL" in str(refused.value)
+    assert "CONVEX_URL:" not in str(refused.value).replace("NEXT_PUBLIC_CONVEX_URL", "")
+
+
+def test_default_retention_may_not_pass_the_users_cap() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(bulk_export_retention_hours=800, bulkjobs_max_export_retention_hours=720)
+    assert "BULK_EXPORT_RETENTION_HOURS" in str(refused.value)
+    assert "BULKJOBS_MAX_EXPORT_RETENTION_HOURS" in str(refused.value)
+    assert load_settings(bulkjobs_max_export_retention_hours=24).bulk_export_retention_hours == 24

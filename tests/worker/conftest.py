@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from src.services.domain.work import MAX_WORK_BATCH, NewWorkItem, WorkItem
 from src.services.store.base import WorkStore
 from src.services.store.local import LocalStore
-from src.services.worker.models import MAX_WORK_BATCH, NewWorkItem, WorkItem
 from src.services.worker.outbox import Outbox
 from src.services.worker.registry import OperationRegistry, WorkContext
 from src.services.worker.scheduler import Scheduler
@@ -60,7 +60,7 @@ async def store(tmp_path: Path) -> AsyncIterator[LocalStore]:
 
 @pytest.fixture
 def faulty(store: LocalStore) -> FaultyStore:
-    return FaultyStore(store)  # type: ignore[arg-type]
+    return FaultyStore(store)  # type: ignore[arg-type]  # FaultyStore forwards to a real store
 
 
 @pytest.fixture

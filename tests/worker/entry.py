@@ -52,7 +52,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     flag = Path(args.offline_flag)
     try:
-        stats = await run_worker(manager, options, lambda store: SwitchedStore(store, flag))  # type: ignore[arg-type,return-value]
+        stats = await run_worker(manager, options, lambda store: SwitchedStore(store, flag))  # type: ignore[arg-type,return-value]  # SwitchedStore forwards to a real store
     finally:
         await manager.aclose()
     print(json.dumps(stats.as_dict()), flush=True)

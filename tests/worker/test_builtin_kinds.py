@@ -1,5 +1,5 @@
-"""One Scheduler, one semaphore, all kinds: a bulk job (JobRunner) and a container job
-(ContainerProcessor, mock executor) run through the built-in operations beside work items."""
+"""One Scheduler, all kinds: a bulk job (JobRunner) and a container job (ContainerProcessor,
+mock executor) run through the built-in job sources beside work items."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ async def test_bulk_jobs_container_jobs_and_items_in_one_scheduler(
             return payload
 
         registry.register("echo", echo)
-        registry.add_source(BulkJobSource(manager, kinds))
-        registry.add_source(ContainerJobSource(service))
+        registry.add_source(BulkJobSource(await manager.job_port(), kinds, settings))
+        registry.add_source(ContainerJobSource(store, await manager.executors(), settings))
         job_id = await manager.create_bulk_job(
             "tiny", "u1", {}, ["initialization", "content_processing"]
         )

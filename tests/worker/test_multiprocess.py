@@ -17,8 +17,8 @@ from typing import Any, cast
 
 import pytest
 
+from src.services.domain.work import MAX_WORK_BATCH, NewWorkItem
 from src.services.store.base import WorkStore
-from src.services.worker.models import MAX_WORK_BATCH, NewWorkItem
 from src.services.worker.outbox import outbox_depth
 from tests.conftest import open_store
 from tests.convex_server import ConvexTestServer, free_port

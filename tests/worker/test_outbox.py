@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from src.services.domain.work import ReportAck, WorkReport
 from src.services.errors import StoreUnavailable
-from src.services.worker.models import ReportAck, WorkReport
 from src.services.worker.outbox import Outbox, OutboxError, outbox_depth
 
 

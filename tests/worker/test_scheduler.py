@@ -13,18 +13,16 @@ import pytest
 from pydantic import BaseModel
 
 from src.config import Settings
+from src.services.backoff import backoff
+from src.services.domain.work import NewWorkItem, WorkReport
 from src.services.errors import RateLimited, StoreAuthError, StoreUnavailable
 from src.services.store.local import LocalStore
-from src.services.worker.models import NewWorkItem, WorkReport
 from src.services.worker.outbox import Outbox
 from src.services.worker.registry import OperationRegistry, WorkContext
-from src.services.worker.scheduler import Scheduler, backoff
+from src.services.worker.scheduler import Scheduler
 from tests.worker.conftest import FaultyStore, enqueue, items, wait_idle
 
 MakeScheduler = Callable[..., Scheduler]
-
-
-# -- the seed's present tests ---------------------------------------------------------------
 
 
 async def test_tick_no_jobs(faulty: FaultyStore, make_scheduler: MakeScheduler) -> None:
@@ -148,7 +146,7 @@ async def test_flush_partial_failure_keeps_everything_unacknowledged(
             raise StoreUnavailable("lost mid-flush")
         return await original(reports)
 
-    faulty.work_report = second_fails  # type: ignore[method-assign]
+    faulty.work_report = second_fails  # type: ignore[method-assign]  # a fault injected into one call
     with pytest.raises(StoreUnavailable):
         await scheduler.flush_outbox()
     kept = [entry.item_id for entry in outbox.entries()]
@@ -169,7 +167,7 @@ async def test_restart_with_reports_in_the_outbox(
     ids = await enqueue(store, 20)
     path = tmp_path / "restart.jsonl"
     async with Outbox(path) as first_box:
-        first = Scheduler("w-old", None, 50, 50, faulty, registry, first_box)  # type: ignore[arg-type]
+        first = Scheduler("w-old", None, 50, 50, faulty, registry, first_box)  # type: ignore[arg-type]  # FaultyStore forwards to a real store
         faulty.fail("work_report", StoreUnavailable("down"))
         await first.tick()
         await wait_idle(first)
@@ -179,15 +177,12 @@ async def test_restart_with_reports_in_the_outbox(
         assert len(first_box) == 20
     async with Outbox(path) as second_box:
         assert len(second_box) == 20
-        second = Scheduler("w-new", None, 50, 50, faulty, registry, second_box)  # type: ignore[arg-type]
+        second = Scheduler("w-new", None, 50, 50, faulty, registry, second_box)  # type: ignore[arg-type]  # FaultyStore forwards to a real store
         await asyncio.wait_for(second.run(burst=True), 10)
         assert len(second_box) == 0
     done = await items(store, ids)
     assert {item.status for item in done} == {"completed"}
     assert second.stats.applied == 20 and second.stats.claimed == 0
-
-
-# -- store errors ---------------------------------------------------------------------------
 
 
 async def test_rate_limited_waits_retry_after(
@@ -230,9 +225,6 @@ async def test_auth_error_stops_claiming_and_logs_loudly(
         await asyncio.wait_for(scheduler.run(), 5)
     assert faulty.count("work_claim") == 1
     assert any(r.levelno == logging.CRITICAL and "credentials" in r.message for r in caplog.records)
-
-
-# -- load, batches and leases ---------------------------------------------------------------
 
 
 async def test_thousands_of_items(store: LocalStore, make_scheduler: MakeScheduler) -> None:
@@ -302,9 +294,6 @@ async def test_lost_lease_stops_the_item(
     await scheduler.aclose()
 
 
-# -- bad items ------------------------------------------------------------------------------
-
-
 class Resize(BaseModel):
     width: int
     height: int
@@ -316,7 +305,7 @@ async def test_unknown_empty_and_malformed_items_fail_once(
     async def resize(payload: Resize, ctx: WorkContext) -> int:
         return payload.width * payload.height
 
-    registry.register("resize", resize, payload=Resize)  # type: ignore[arg-type]
+    registry.register("resize", resize, payload=Resize)  # type: ignore[arg-type]  # FaultyStore forwards to a real store
     await store.work_enqueue_batch(
         [
             NewWorkItem("no-such-op", {"a": 1}, "unknown"),
@@ -362,9 +351,6 @@ async def test_result_that_is_not_json_fails_the_item(
     await asyncio.wait_for(make_scheduler().run(burst=True), 10)
     (item,) = await items(store, ids)
     assert item.status == "failed" and "not JSON" in (item.error or "")
-
-
-# -- shutdown -------------------------------------------------------------------------------
 
 
 async def test_stop_lets_running_items_finish_then_releases_the_rest(
@@ -442,7 +428,7 @@ async def test_a_work_item_backlog_does_not_starve_sources(
     asked: list[int] = []
 
     class Jobs:
-        operation = "bulk_job"
+        kind = "bulk_job"
 
         async def claim(self, owner: str, limit: int, lease_s: float) -> list[Claim]:
             asked.append(limit)

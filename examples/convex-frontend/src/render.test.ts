@@ -17,14 +17,13 @@ import {
 async function aliceJobs(): Promise<JobProgress[]> {
   const t = convexTest({ schema, modules });
   const jobId = await t.mutation(internal.bulkJobs.create, {
-    jobType: "content_refresh", userId: "alice", jobData: {}, stages: ["fetch", "export"],
+    jobType: "content_refresh", userId: "alice", jobData: {}, stages: ["content_fetch", "export_generation"],
     priority: "normal", maxJobs: 10, windowMs: 60_000, jobId: "0123456789abcdef",
   });
-  await t.mutation(internal.bulkJobs.updateStatus, { jobId, status: "processing" });
-  await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "fetch", itemsTotal: 10 });
-  await t.mutation(internal.bulkJobs.completeStage, { jobId, stage: "fetch", itemsCompleted: 9, itemsFailed: 1 });
-  await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "export", itemsTotal: 4 });
-  await t.mutation(internal.bulkJobs.updateStageProgress, { jobId, stage: "export", progress: 0.5, itemsCompleted: 2 });
+  await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "content_fetch", itemsTotal: 10 });
+  await t.mutation(internal.bulkJobs.completeStage, { jobId, stage: "content_fetch", itemsCompleted: 9, itemsFailed: 1 });
+  await t.mutation(internal.bulkJobs.startStage, { jobId, stage: "export_generation", itemsTotal: 4 });
+  await t.mutation(internal.bulkJobs.updateStageProgress, { jobId, stage: "export_generation", progress: 0.5, itemsCompleted: 2 });
   await t.mutation(internal.bulkJobs.addExport, {
     exportId: "e1", jobId, userId: "alice", format: "csv", filename: "pages.csv",
     relativePath: `${jobId}/pages.csv`, contentType: "text/csv", sizeBytes: 2048,
@@ -38,17 +37,18 @@ describe("renderJobs on the real query result", () => {
     const jobs = await aliceJobs();
     const now = jobs[0].startedAt! + 30_000;
     const html = renderJobs(jobs, now);
-    expect(html).toContain('<li class="job job-processing" data-job-id="0123456789abcdef">');
+    // The job is exporting; its numbers are its items (content_fetch's), not a sum over stages.
+    expect(html).toContain('<li class="job job-exporting" data-job-id="0123456789abcdef">');
     expect(html).toContain('<strong class="job-type">content_refresh</strong> <code>01234567</code>');
     expect(html).toContain('<progress max="100" value="75" aria-label="overall progress">75%</progress> 75%');
-    expect(html).toContain('<p class="counts">11 completed / 1 failed / 14 total</p>');
-    expect(html).toContain('<p class="timing">elapsed 30s · about 10s left · stage export</p>');
+    expect(html).toContain('<p class="counts">9 completed / 1 failed / 10 total</p>');
+    expect(html).toContain('<p class="timing">elapsed 30s · about 10s left · stage export_generation</p>');
     expect(html).toContain(
-      '<li class="stage stage-completed"><span class="stage-name">fetch</span> ' +
-        '<progress max="100" value="100" aria-label="fetch progress">100%</progress> ' +
+      '<li class="stage stage-completed"><span class="stage-name">content_fetch</span> ' +
+        '<progress max="100" value="100" aria-label="content_fetch progress">100%</progress> ' +
         '<span class="counts">9 completed / 1 failed / 10 total</span> <span class="status">completed</span></li>',
     );
-    expect(html).toContain('aria-label="export progress">50%</progress> <span class="counts">2 completed / 0 failed / 4 total</span>');
+    expect(html).toContain('aria-label="export_generation progress">50%</progress> <span class="counts">2 completed / 0 failed / 4 total</span>');
     expect(html.match(/<li class="stage /g)).toHaveLength(2);
     expect(html).toContain('<span class="filename">pages.csv</span> (csv, 2.0 KiB) <span class="expiry">expires in');
     expect(html).not.toContain("relativePath");
@@ -63,7 +63,7 @@ describe("renderJobs on the real query result", () => {
 describe("renderJobs on hand-made results", () => {
   const base: JobProgress = {
     jobId: "j1", jobType: "demo", status: "pending", priority: "normal", progress: 0,
-    currentStage: "a", itemsTotal: null, itemsCompleted: 0, itemsFailed: 0, errorMessage: null,
+    currentStage: "a", failedStage: null, itemsTotal: null, itemsCompleted: 0, itemsFailed: 0, errorMessage: null,
     estimatedDurationMinutes: null, createdAt: 0, updatedAt: 0, startedAt: null, completedAt: null,
     stages: [{ name: "a", status: "pending", progress: 0, itemsTotal: null, itemsCompleted: 0,
       itemsFailed: 0, startedAt: null, completedAt: null, errorMessage: null, metadata: {} }],
@@ -86,6 +86,11 @@ describe("renderJobs on hand-made results", () => {
     const html = renderJobs([failed], 10_000_000);
     expect(html).toContain('<p class="timing">elapsed 1m 30s</p>');
     expect(html).toContain('<p class="error">upstream &lt;timeout&gt;</p>');
+  });
+
+  test("a job failed by its stage names the stage before the error", () => {
+    const failed = { ...base, status: "failed" as const, currentStage: null, failedStage: "<a>", errorMessage: "down" };
+    expect(renderJobs([failed], 0)).toContain('<p class="error">&lt;a&gt;: down</p>');
   });
 
   test("text from the job is escaped everywhere", () => {

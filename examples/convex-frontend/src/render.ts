@@ -95,7 +95,8 @@ export function renderJob(job: JobProgress, now: number): string {
   const exports = job.exports.length
     ? `<ul class="exports">${job.exports.map((file) => renderExport(file, now)).join("")}</ul>`
     : "";
-  const error = job.errorMessage ? `<p class="error">${escapeHtml(job.errorMessage)}</p>` : "";
+  const failedIn = job.failedStage === null ? "" : `${escapeHtml(job.failedStage)}: `;
+  const error = job.errorMessage ? `<p class="error">${failedIn}${escapeHtml(job.errorMessage)}</p>` : "";
   return (
     `<li class="job job-${job.status}" data-job-id="${escapeHtml(job.jobId)}">` +
     `<header><strong class="job-type">${escapeHtml(job.jobType)}</strong> ` +

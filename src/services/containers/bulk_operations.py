@@ -14,29 +14,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev extras
 
-from src.services.containers.models import (
+from src.services.containers.routing import why_not
+from src.services.containers.service import ContainerJobService
+from src.services.domain import new_id, utcnow
+from src.services.domain.containers import (
     ACTIVE_STATUSES,
     LOCAL_EXECUTORS,
     TERMINAL_STATUSES,
     TRANSITIONS,
     ContainerJob,
     ContainerJobStatus,
+    ContainerQuota,
     EnvironmentVariableTemplate,
     ExecutorHost,
     is_private_image,
+    isolation_refusal,
 )
-from src.services.containers.routing import why_not
-from src.services.containers.service import ContainerJobService, runs_untrusted
-from src.services.domain import utcnow
-from src.services.errors import BulkJobError, InvalidInput, PermissionDenied
+from src.services.errors import (
+    BulkJobError,
+    ContainerQuotaExceeded,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+)
 from src.services.store.base import ContainerStore
-from src.services.store.local_containers import new_id
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,8 @@ WRITE_CHUNK = 500
 #: Containers stopped at once after a bulk cancel or forced delete.
 STOP_CONCURRENCY = 16
 #: Statuses a job may be moved to another host in: it has not started.
+#: Ids not found as given that are tried as the start of an id, per call.
+PREFIX_LOOKUPS = 100
 MOVABLE = frozenset({S.PENDING, S.QUEUED, S.RETRYING})
 #: Fields a restarted job keeps; everything about the old run is left behind.
 RESTART_KEEPS = frozenset(
@@ -72,6 +82,8 @@ RESTART_KEEPS = frozenset(
         "max_retries",
         "bulk_job_id",
         "item_key",
+        "untrusted",
+        "host_pinned",
     }
 )
 
@@ -93,8 +105,6 @@ class ContainerBulkOperations:
     async def store(self) -> ContainerStore:
         return await self.service.store()
 
-    # -- create ----------------------------------------------------------------------------
-
     async def create_jobs_bulk(
         self,
         docker_image: str,
@@ -105,6 +115,7 @@ class ContainerBulkOperations:
         batch_size: int = 100,
         *,
         trusted: bool = True,
+        limited: bool = True,
         **fields: Any,
     ) -> tuple[list[ContainerJob], list[str]]:
         """`count` identical pending jobs on `host` (an id, name or ExecutorHost; None lets
@@ -113,6 +124,11 @@ class ContainerBulkOperations:
         ValueError when count exceeds MAX_BULK_CREATION_LIMIT. Invalid parameters return no
         jobs and the problem; a failed batch is rolled back alone and reported, the jobs of
         the other batches are returned. `fields` are ContainerJobSpec fields.
+
+        `limited` (unless False: admins over HTTP): `user`'s unfinished jobs plus these stay
+        within BULKJOBS_USER_MAX_UNFINISHED_CONTAINER_JOBS, else ContainerQuotaExceeded and
+        nothing is written. The first batch reserves room for the rest, so a concurrent
+        creation cannot take it midway.
         """
         if count > MAX_BULK_CREATION_LIMIT:
             raise ValueError(f"count {count} exceeds maximum of {MAX_BULK_CREATION_LIMIT} jobs")
@@ -126,29 +142,39 @@ class ContainerBulkOperations:
             )
         except (InvalidInput, PermissionDenied) as exc:
             return [], [str(exc)]
-        return await self._write_batches(model, _ids(count), min(batch_size, WRITE_CHUNK))
+        size = min(batch_size, WRITE_CHUNK)
+        quota = self.service.quota(limited)
+        return await self._write_batches(model, _ids(count), size, quota)
 
     async def _write_batches(
-        self, model: ContainerJob, ids: list[str], size: int
+        self, model: ContainerJob, ids: list[str], size: int, quota: ContainerQuota | None
     ) -> tuple[list[ContainerJob], list[str]]:
-        """Write copies of `model` under `ids`, `size` per transaction. The next batch is
-        built while the store thread writes the current one."""
+        """Write copies of `model` under `ids`, `size` per transaction (the document sent
+        once per batch). The jobs returned are built while the store writes them. Under a
+        quota the first batch is written alone: it reserves room for the others, or raises
+        ContainerQuotaExceeded before anything is written."""
         store = await self.store()
         created: list[ContainerJob] = []
         errors: list[str] = []
-        total = (len(ids) + size - 1) // size
+        batches = list(chunks(ids, size))
+        quotas = _batch_quotas(quota, [len(batch) for batch in batches])
         now = utcnow()
         pending: tuple[int, list[ContainerJob], asyncio.Task[None]] | None = None
-        for number, batch_ids in enumerate(chunks(ids, size), start=1):
+        template = _copy_of(model, model.id, now)
+        for number, (batch_ids, batch_quota) in enumerate(zip(batches, quotas, strict=True), 1):
+            write = asyncio.create_task(
+                store.container_create_copies(template, batch_ids, batch_quota)
+            )
             batch = [_copy_of(model, job_id, now) for job_id in batch_ids]
             if pending is not None:
-                await _settle(pending, total, created, errors)
-            pending = (number, batch, asyncio.create_task(store.container_create_batch(batch)))
+                await _settle(pending, len(batches), created, errors)
+            pending = (number, batch, write)
+            if number == 1 and quota is not None:
+                await _settle(pending, len(batches), created, errors, refuse=True)
+                pending = None
         if pending is not None:
-            await _settle(pending, total, created, errors)
+            await _settle(pending, len(batches), created, errors)
         return created, errors
-
-    # -- migrate ---------------------------------------------------------------------------
 
     async def migrate_jobs_to_host(
         self,
@@ -161,14 +187,17 @@ class ContainerBulkOperations:
         """Move jobs that have not started (pending, queued, retrying) to `target_host`.
 
         An inactive or unhealthy target moves nothing; a job the target cannot run (a
-        private localhost image on a cloud executor, another `preferred_executor`, limits
-        above the host's) stays where it is. Jobs that have not started hold no host slot,
-        so host job counts do not change.
+        non-admin's job on a host without isolation, a private localhost image on a cloud
+        executor, another `preferred_executor`, limits above the host's) stays where it is,
+        with the reason. An untrusted caller may not name such a host at all
+        (PermissionDenied). Jobs that have not started hold no host slot, so host job counts
+        do not change. The store checks the isolation rule again as it writes.
         """
         ids = _unique(job_ids)
         target = await self._fresh_host(target_host)
-        if not trusted and not runs_untrusted(target):
-            raise PermissionDenied(f"host {target.name} runs commands without isolation")
+        refusal = None if trusted else isolation_refusal(target, untrusted=True)
+        if refusal is not None:
+            raise PermissionDenied(refusal)
         problem = _unavailable(target)
         if problem:
             return 0, dict.fromkeys(ids, f"target host {target.name} is unavailable: {problem}")
@@ -209,8 +238,6 @@ class ContainerBulkOperations:
             if template is not None:
                 found[template_id] = template
         return found
-
-    # -- status ----------------------------------------------------------------------------
 
     async def bulk_update_job_status(
         self,
@@ -265,13 +292,15 @@ class ContainerBulkOperations:
         return started, errors
 
     async def bulk_restart_jobs(
-        self, job_ids: list[str], *, owner: str | None = None
+        self, job_ids: list[str], *, owner: str | None = None, limited: bool = True
     ) -> tuple[dict[str, str], Errors]:
         """Run finished jobs (completed, failed, timeout, cancelled) again as fresh pending
         copies on the same host: same spec and owner, new id, no trace of the old run. The
         old jobs stay as they were (a final status never changes). Unfinished jobs are
         reported: they still run (a retrying job's processor retries it itself). Returns
         ({old id: new id}, errors); one read, one host list, one write per 500 copies.
+        `limited`: copies count against their owners' quota of unfinished jobs (a batch
+        over it is reported, not written).
         """
         jobs, errors = await self._read(_unique(job_ids), owner)
         hosts = {host.id: host for host in await (await self.store()).host_list()}
@@ -282,14 +311,17 @@ class ContainerBulkOperations:
                 errors[job.id] = reason
             else:
                 copies[job.id] = _fresh_copy(job)
-        await self._create_copies(copies, errors)
+        await self._create_copies(copies, errors, limited)
         return {old: copy.id for old, copy in copies.items() if old not in errors}, errors
 
-    async def _create_copies(self, copies: dict[str, ContainerJob], errors: Errors) -> None:
+    async def _create_copies(
+        self, copies: dict[str, ContainerJob], errors: Errors, limited: bool
+    ) -> None:
         store = await self.store()
+        quota = self.service.quota(limited)
         for chunk in chunks(list(copies.items())):
             try:
-                await store.container_create_batch([copy for _, copy in chunk])
+                await store.container_create_batch([copy for _, copy in chunk], quota)
             except BulkJobError as exc:
                 errors.update((old, f"not restarted: {exc}") for old, _ in chunk)
 
@@ -337,8 +369,6 @@ class ContainerBulkOperations:
 
         await asyncio.gather(*(stop(job) for job in with_container))
 
-    # -- delete ----------------------------------------------------------------------------
-
     async def bulk_delete_jobs(
         self, job_ids: list[str], force: bool = False, *, owner: str | None = None
     ) -> tuple[int, Errors]:
@@ -374,8 +404,6 @@ class ContainerBulkOperations:
             total += removed
             if removed < size:
                 return total
-
-    # -- inspect ---------------------------------------------------------------------------
 
     async def get_bulk_status(
         self, job_ids: list[str], *, owner: str | None = None
@@ -415,17 +443,26 @@ class ContainerBulkOperations:
             "hosts": [_utilization(host) for host in hosts],
         }
 
-    # -- shared steps ----------------------------------------------------------------------
-
     async def _read(
         self, ids: list[str], owner: str | None
     ) -> tuple[dict[str, ContainerJob], Errors]:
-        """The jobs by id (one store read), and "not found" for the missing or not owned."""
+        """The jobs by id (one store read), and "not found" for the missing or not owned. A
+        missing id may be a unique start of an id (as listings show them shortened): up to
+        PREFIX_LOOKUPS of them are looked up that way, one read each."""
         store = await self.store()
         found = {job.id: job for job in await store.container_get_many(ids)}
         if owner is not None:
             found = {job_id: job for job_id, job in found.items() if job.created_by == owner}
-        return found, {job_id: "not found" for job_id in ids if job_id not in found}
+        missing = [job_id for job_id in ids if job_id not in found]
+        errors: Errors = {job_id: "not found" for job_id in missing[PREFIX_LOOKUPS:]}
+        for given in missing[:PREFIX_LOOKUPS]:
+            try:
+                job = await self.service.get_by_prefix(given, owner)
+            except (NotFound, InvalidInput) as exc:
+                errors[given] = "not found" if isinstance(exc, NotFound) else str(exc)
+            else:
+                found[job.id] = job
+        return found, errors
 
     async def _write_chunks(
         self,
@@ -471,10 +508,19 @@ async def _settle(
     total: int,
     created: list[ContainerJob],
     errors: list[str],
+    refuse: bool = False,
 ) -> None:
+    """Wait for a batch write; a failure is reported, or with `refuse` a quota refusal is
+    raised (nothing of the creation was written)."""
     number, batch, write = pending
     try:
         await write
+    except ContainerQuotaExceeded:
+        if refuse:
+            raise
+        log.warning("bulk create: batch %d of %d over quota", number, total, exc_info=True)
+        errors.append(f"batch {number} of {total} ({len(batch)} jobs) was not written: over quota")
+        return
     except BulkJobError as exc:
         log.warning("bulk create: batch %d of %d failed: %s", number, total, exc)
         errors.append(
@@ -482,6 +528,17 @@ async def _settle(
         )
         return
     created.extend(batch)
+
+
+def _batch_quotas(quota: ContainerQuota | None, sizes: list[int]) -> list[ContainerQuota | None]:
+    """The quota of each batch of one creation: the first reserves room for the rest under
+    one hold id, the others draw on it."""
+    if quota is None or not sizes:
+        return [None] * len(sizes)
+    hold_id = uuid.uuid4().hex
+    first = quota.model_copy(update={"hold_id": hold_id, "hold": sum(sizes[1:])})
+    rest = quota.model_copy(update={"hold_id": hold_id, "hold": 0})
+    return [first, *[rest] * (len(sizes) - 1)]
 
 
 def _ids(count: int) -> list[str]:
@@ -517,6 +574,9 @@ def _cannot_move(
 ) -> str | None:
     if job.status not in MOVABLE:
         return f"cannot move a {job.status.value} job: it has started"
+    refusal = isolation_refusal(target, job.untrusted)
+    if refusal is not None:
+        return refusal
     kind = target.executor_type
     if job.preferred_executor and job.preferred_executor != kind:
         return f"job wants the {job.preferred_executor} executor, not {kind}"
@@ -546,6 +606,9 @@ def _cannot_restart(job: ContainerJob, host: ExecutorHost | None) -> str | None:
         return f"job is {job.status.value}; only finished jobs can be restarted"
     if host is None:
         return f"its host {job.host_id} no longer exists"
+    problem = isolation_refusal(host, job.untrusted)
+    if problem is not None:
+        return problem
     problem = _unavailable(host)
     return f"its host {host.name} is unavailable: {problem}" if problem else None
 

@@ -12,9 +12,9 @@ from datetime import timedelta
 from typing import Any
 
 from src.services.containers.bulk_operations import ContainerBulkOperations
-from src.services.containers.models import ContainerJobStatus, ExecutorHost
 from src.services.containers.service import ContainerJobService
 from src.services.domain import utcnow
+from src.services.domain.containers import ContainerJobStatus, ExecutorHost
 from src.services.errors import Conflict
 
 log = logging.getLogger(__name__)

@@ -7,14 +7,17 @@ local jobs needs none of them; a missing SDK is a clear error naming the extra t
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from typing import Any
 
 from src.services.containers.executors.base import ContainerExecutor
 from src.services.containers.executors.errors import ExecutorConfigurationError
-from src.services.containers.models import ContainerJob, ExecutorHost
+from src.services.domain.containers import ContainerJob, ExecutorHost
 from src.services.errors import NotFound
 from src.services.store.base import ContainerStore
+
+log = logging.getLogger(__name__)
 
 #: executor_type -> (module, class). Imported lazily.
 EXECUTOR_CLASSES = {
@@ -49,10 +52,9 @@ class ExecutorFactory:
         self._executors: dict[str, tuple[ExecutorHost, ContainerExecutor]] = {}
 
     async def get_executor(self, job_or_host: ContainerJob | ExecutorHost) -> ContainerExecutor:
-        host = job_or_host if isinstance(job_or_host, ExecutorHost) else None
-        if host is None:
-            host = await self.host_of(job_or_host)  # type: ignore[arg-type]
-        return await self.executor_for_host(host)
+        if isinstance(job_or_host, ExecutorHost):
+            return await self.executor_for_host(job_or_host)
+        return await self.executor_for_host(await self.host_of(job_or_host))
 
     async def host_of(self, job: ContainerJob) -> ExecutorHost:
         if job.host_id is None:
@@ -79,6 +81,19 @@ class ExecutorFactory:
         executors, self._executors = list(self._executors.values()), {}
         for _, executor in executors:
             await executor.aclose()
+
+
+async def stop_container(
+    executors: ExecutorFactory, job: ContainerJob, executor: ContainerExecutor | None = None
+) -> bool:
+    """Stop and remove a job's container (with its host's executor, when the caller has it);
+    failures are logged, not raised."""
+    try:
+        executor = executor or await executors.get_executor(job)
+        return await executor.cleanup(job.get_execution_identifier())
+    except Exception:
+        log.warning("could not stop the container of job %s", job.id, exc_info=True)
+        return False
 
 
 def _same_setup(old: ExecutorHost, new: ExecutorHost) -> bool:

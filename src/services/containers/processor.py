@@ -1,13 +1,23 @@
-"""ContainerProcessor: claims container jobs with leases and carries each one to its end.
+"""ContainerProcessor: carries each claimed container job to its end.
 
-For each claimed job: queued -> launching (the host's slot is taken in the same store
+The Scheduler's ContainerJobSource claims jobs (with leases) and hands each to `process`.
+For each job: pending -> launching (one write; the host's slot is taken in the same store
 transaction) -> launch on the host's executor -> running -> poll until it ends or its
 timeout passes -> harvest exit code, logs, timings and peak memory -> completed | failed |
-timeout -> remove the container. A transient launch error goes launching -> retrying ->
-queued with backoff, up to max_retries. The lease is renewed while the job runs; a job
-cancelled meanwhile has its container stopped. A job whose processor died is claimed again
-after its lease expires and picked up where it was: a running container is monitored, not
-launched twice.
+timeout -> remove the container. A launch that fails for the host's sake (unreachable,
+misconfigured) counts against the host (health.py); a job the caller did not pin to its host
+is then re-routed to another healthy host of the same executor type that may run it (each
+host once per claim, after a back-off), its `routing_reason` saying so. Otherwise a
+transient launch error goes launching -> retrying -> queued with backoff, up to max_retries,
+on the same host. Before each launch the isolation rule is asked again (a non-admin's job on
+a host that stopped isolating it is re-routed or failed, never run). A job with an exit
+retry policy whose container exits with one of its codes goes running -> retrying -> queued
+and runs again after a back-off, up to the policy's own max_retries; each run is recorded
+(exit_attempts). The lease is renewed while the job runs; a job cancelled meanwhile has its
+container stopped. An executor or store failure on the way is a failed attempt: the job is
+handed back, claimed again after a back-off and failed with that error once its attempts are
+used up. A job whose processor died is claimed again after its lease expires and picked up
+where it was: a running container is monitored, not launched twice.
 """
 
 from __future__ import annotations
@@ -16,38 +26,48 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
-from src.config import Settings
 from src.services import metrics
+from src.services.backoff import AttemptPolicy, backoff
 from src.services.containers.executors.base import ContainerExecutor, HarvestResult
 from src.services.containers.executors.errors import ExecutorError
-from src.services.containers.models import ContainerJob, ContainerJobStatus
-from src.services.containers.service import ContainerJobService
-from src.services.domain import utcnow
-from src.services.errors import BulkJobError, Conflict, HostFull, NotFound
-from src.services.job_worker import worker_id
+from src.services.containers.factory import ExecutorFactory, stop_container
+from src.services.containers.health import count_failed_launch, is_host_fault
+from src.services.containers.routing import choose_host
+from src.services.domain import Failure, utcnow
+from src.services.domain.containers import (
+    MAX_HEALTH_FAILURES,
+    ContainerJob,
+    ContainerJobStatus,
+    EnvironmentVariableTemplate,
+    ExecutorHost,
+    ExitAttempt,
+    isolation_refusal,
+)
+from src.services.errors import BulkJobError, Conflict, HostFull, InvalidInput
+from src.services.leases import LeaseWatch, run_under_lease
+from src.services.store.base import Store
 
 log = logging.getLogger(__name__)
 
 S = ContainerJobStatus
+#: What `_carry` returns once the job has its final status (no lease left to hand back).
+ENDED: Literal["ended"] = "ended"
 #: Seconds past a job's timeout before the processor stops it itself (the executor's own
 #: enforcement comes first).
 TIMEOUT_GRACE_S = 5.0
 FIRST_POLL_S = 0.02
-#: Seconds a job waits for a slot on a full host before it is claimed again.
-HOST_FULL_WAIT_S = 2.0
-#: Failures (executor or store errors while carrying a job) after which it is failed.
-MAX_PROCESSOR_ERRORS = 5
 
 
 @dataclass
 class ProcessorStats:
     jobs: int = 0
-    #: Seconds spent inside executor calls and waiting for containers to finish.
+    #: Seconds inside executor calls (launch, wait, harvest, clean-up).
     executor_s: float = 0.0
     #: Seconds from claim to the job's end, summed over jobs.
     total_s: float = 0.0
@@ -58,181 +78,104 @@ class ProcessorStats:
 
 
 class ContainerProcessor:
+    """Carries claimed container jobs, one `process` call each, through a narrow port: the
+    store and the executors (ExecutorFactory). The Scheduler's ContainerJobSource claims the
+    jobs and hands them here."""
+
     def __init__(
         self,
-        service: ContainerJobService,
-        concurrency: int = 4,
+        store: Store,
+        executors: ExecutorFactory,
         poll_interval_s: float = 1.0,
-        lease_s: float | None = None,
         retry_backoff_s: float = 1.0,
-        owner: str | None = None,
+        policy: AttemptPolicy | None = None,
+        failure_threshold: int = MAX_HEALTH_FAILURES,
     ) -> None:
-        self.service = service
-        self.concurrency = concurrency
+        self.store = store
+        self.executors = executors
         self.poll_interval_s = poll_interval_s
-        self.lease_s = lease_s or service.manager.settings.bulkjobs_lease_seconds
         self.retry_backoff_s = retry_backoff_s
-        self.owner = owner or worker_id("containers")
+        self.policy = policy or AttemptPolicy()
+        #: Failed launches (and probes) in a row that take a host out of routing.
+        self.failure_threshold = failure_threshold
         self.stats = ProcessorStats()
-        self._running: set[asyncio.Task[None]] = set()
-        #: Jobs whose lease is kept for a while instead of handed back (seconds).
-        self._hold: dict[str, float] = {}
-        self._wake = asyncio.Event()
-        self._stopping = False
 
-    # -- the loop --------------------------------------------------------------------------
-
-    async def tick(self) -> int:
-        """Claim jobs for the free slots and start them; returns how many."""
-        free = self.concurrency - len(self._running)
-        if free <= 0 or self._stopping:
-            return 0
-        store = await self.service.store()
-        jobs = await store.container_claim(self.owner, self.lease_s, free)
-        metrics.CLAIMS.labels("container_job").inc(len(jobs))
-        for job in jobs:
-            task = asyncio.create_task(self.process(job), name=f"container-{job.id}")
-            self._running.add(task)
-            task.add_done_callback(self._finished)
-        return len(jobs)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("container job processing crashed", exc_info=task.exception())
-        self._wake.set()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def run(self, once: bool = False) -> None:
-        """Process jobs until stopped; with once=True, return when none are left."""
-        while not self._stopping:
-            try:
-                claimed = await self.tick()
-            except BulkJobError:
-                log.warning("claiming container jobs failed; retrying", exc_info=True)
-                claimed = 0
-            if once and not claimed and not self._running:
-                return
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
-
-    async def aclose(self) -> None:
-        """Stop claiming; jobs in progress hand their leases back (containers keep running
-        and the next processor to claim them monitors them)."""
-        self._stopping = True
-        self._wake.set()
-        for task in list(self._running):
-            task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
-
-    # -- one job ---------------------------------------------------------------------------
-
-    async def process(self, job: ContainerJob) -> None:
+    async def process(self, job: ContainerJob, owner: str, lease_s: float) -> None:
+        """Take a job this worker claimed to its end (or hand it back when stopped)."""
         started = time.perf_counter()
-        work = asyncio.create_task(self._carry(job), name=f"carry-{job.id}")
-        watcher = asyncio.create_task(self._watch(job.id, work), name=f"lease-{job.id}")
+        watch = LeaseWatch(
+            renew=partial(self.store.container_heartbeat, job.id, owner, lease_s),
+            interval_s=lease_s / 3,
+            stop_on={S.CANCELLED.value},
+            on_stop=partial(self._stop_cancelled, job.id),
+            label=f"container job {job.id}",
+        )
+        outcome: Failure | Literal["ended"] | None = None
         try:
-            await work
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+            outcome = await run_under_lease(self._carry(job), watch)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            await self._release(job.id, self._hold.pop(job.id, None))
+            if outcome != ENDED:  # an ended job's final transition dropped its lease
+                await self._release(job, owner, outcome)
             self.stats.jobs += 1
             self.stats.total_s += time.perf_counter() - started
 
-    async def _watch(self, job_id: str, work: asyncio.Task[None]) -> None:
-        """Renew the lease; stop the work when the job was cancelled or the lease lost."""
-        store = await self.service.store()
-        while not work.done():
-            await asyncio.sleep(self.lease_s / 3)
-            try:
-                status = await store.container_heartbeat(job_id, self.owner, self.lease_s)
-            except (Conflict, NotFound):
-                log.warning("lease on container job %s lost; leaving it", job_id)
-                work.cancel()
-                return
-            except BulkJobError:
-                log.warning("heartbeat for container job %s failed", job_id, exc_info=True)
-                continue
-            if status == S.CANCELLED:
-                await self._stop_cancelled(job_id)
-                work.cancel()
-                return
-
     async def _stop_cancelled(self, job_id: str) -> None:
-        job = await (await self.service.store()).container_get(job_id)
+        job = await self.store.container_get(job_id)
         if job is not None and job.get_execution_identifier():
-            await self.service.stop_container(job)
+            await stop_container(self.executors, job)
 
-    async def _release(self, job_id: str, hold_s: float | None = None) -> None:
-        """Hand the lease back -- or, with `hold_s`, keep it that long so nobody claims the
-        job again at once (a full host, a failing backend)."""
-        store = await self.service.store()
+    async def _release(
+        self, job: ContainerJob, owner: str, failure: Failure | Literal["ended"] | None
+    ) -> None:
+        """Hand the lease back: a finished job keeps none, a failed attempt backs off (or
+        fails the job once its attempts are used up: its container is stopped then)."""
+        failure = None if failure == ENDED else failure
         try:
-            if hold_s is None:
-                await store.container_release(job_id, self.owner)
-            else:
-                await store.container_heartbeat(job_id, self.owner, hold_s)
+            status = await asyncio.shield(self.store.container_release(job.id, owner, failure))
         except BulkJobError:
-            log.warning("could not release container job %s", job_id, exc_info=True)
+            log.warning("could not release container job %s", job.id, exc_info=True)
+            return
+        if failure is not None and status == S.FAILED and job.get_execution_identifier():
+            await stop_container(self.executors, job)
 
-    async def _carry(self, job: ContainerJob) -> None:
-        """Take the job from wherever it is to a final status."""
+    async def _carry(self, job: ContainerJob) -> Failure | Literal["ended"] | None:
+        """Take the job from wherever it is to a final status: ENDED once it has one, a
+        failure to hand back when an executor or the store failed on the way (the next
+        attempt comes after a back-off), None to hand it back as it is."""
         try:
+            host = await self.executors.host_of(job)  # read once per host, for the whole job
             if job.status in (S.LAUNCHING, S.RUNNING) and job.get_execution_identifier():
                 job = await self._resume(job)
             else:
-                job = await self._launch_with_retries(job)
-            if job.status == S.RUNNING:
-                await self._finish(job)
+                job, host = await self._launch_with_retries(job, host)
+            while job.status == S.RUNNING:
+                executor = await self.executors.executor_for_host(host)
+                job = await self._finish(job, host, executor)
+                if job.status == S.RETRYING:  # its exit code asks for another run
+                    job, host = await self._rerun(job)
+            return ENDED if job.is_terminal_status else None
         except HostFull as exc:
             await self._wait_for_slot(job, exc)
         except Conflict as exc:
             log.info("container job %s changed under us: %s", job.id, exc)
-        except BulkJobError as exc:  # an executor or the store failed: not a tight loop
-            await self._note_failure(job.id, exc)
+        except Exception as exc:  # an executor, the store, a bad result: a failed attempt
+            log.warning("container job %s: %s", job.id, exc, extra=_context(job))
+            return self.policy.failure(job.attempts, f"{type(exc).__name__}: {exc}")
+        return None
+
+    async def _rerun(self, job: ContainerJob) -> tuple[ContainerJob, ExecutorHost]:
+        """After the exit retry's back-off, launch the job again, on the host it has now
+        (it may have been moved while it waited)."""
+        await asyncio.sleep(job.exit_attempts[-1].retry_in_s or 0.0)
+        job = await self._transition(job, S.QUEUED)
+        return await self._launch_with_retries(job, await self.executors.host_of(job))
 
     async def _wait_for_slot(self, job: ContainerJob, exc: HostFull) -> None:
-        """The host is full: back to pending, claimable again after a pause."""
+        """The host filled up meanwhile: back to pending and handed back (claims skip a full
+        host, so it waits without being claimed again until a slot frees)."""
         log.info("container job %s waits for a slot: %s", job.id, exc)
         with contextlib.suppress(Conflict):
             await self._transition(job, S.PENDING, {"status_message": str(exc)})
-        self._hold[job.id] = min(self.lease_s, HOST_FULL_WAIT_S)
-
-    async def _note_failure(self, job_id: str, exc: BulkJobError) -> None:
-        """Count the failure on the job; after MAX_PROCESSOR_ERRORS give up on it, else keep
-        the lease so the next attempt comes after it expires, not at once."""
-        log.warning("container job %s: %s", job_id, exc, extra={"job_id": job_id})
-        store = await self.service.store()
-        try:
-            job = await store.container_get(job_id)
-            if job is None or job.is_terminal_status:
-                return
-            errors = int(job.executor_metadata.get("processor_errors", 0)) + 1
-            metadata = job.executor_metadata | {"processor_errors": errors}
-            if errors < MAX_PROCESSOR_ERRORS:
-                await store.container_transition(
-                    job_id, job.status, {"executor_metadata": metadata}
-                )
-                self._hold[job_id] = self.lease_s
-                return
-            message = f"gave up after {errors} processor errors; last: {exc}"
-            await store.container_transition(
-                job_id, S.FAILED, {"executor_metadata": metadata, "status_message": message}
-            )
-            if job.get_execution_identifier():
-                await self.service.stop_container(job)
-        except BulkJobError:
-            log.warning("could not record the failure of container job %s", job_id, exc_info=True)
-            self._hold[job_id] = self.lease_s
 
     async def _resume(self, job: ContainerJob) -> ContainerJob:
         """A job another processor launched before it died: monitor the same container."""
@@ -241,23 +184,102 @@ class ContainerProcessor:
             job = await self._transition(job, S.RUNNING, {"started_at": utcnow()})
         return job
 
-    async def _launch_with_retries(self, job: ContainerJob) -> ContainerJob:
+    async def _launch_with_retries(
+        self, job: ContainerJob, host: ExecutorHost
+    ) -> tuple[ContainerJob, ExecutorHost]:
+        """Launch the job: on its host, or -- when that host fails it and the caller did not
+        pin the job there -- on another (each host at most once per claim, after a back-off).
+        Returns the job and the host it ended up on."""
         if job.status == S.LAUNCHING:  # died mid-launch: no container id, try again
             job = await self._transition(job, S.RETRYING, {"status_message": "launch interrupted"})
+        tried = {host.id}
         while True:
-            if job.status in (S.PENDING, S.RETRYING):
-                job = await self._transition(job, S.QUEUED)
-            job = await self._transition(job, S.LAUNCHING)
-            try:
-                return await self._launch(job)
-            except ExecutorError as exc:
-                job = await self._launch_failed(job, exc)
-                if job.status != S.RETRYING:
-                    return job
-                await asyncio.sleep(self._backoff(job.retry_count))
+            refusal = isolation_refusal(host, job.untrusted)
+            if refusal is not None:
+                # The host's config changed since the job was routed: a non-admin's command
+                # never runs unisolated; it goes elsewhere or fails with the reason.
+                moved = await self._fail_over(job, host, refusal, tried)
+                if moved is None:
+                    return await self._fail(job, refusal), host
+            else:
+                job = await self._to_launching(job)
+                executor = await self.executors.executor_for_host(host)
+                try:
+                    return await self._launch(job, executor), host
+                except ExecutorError as exc:
+                    moved = await self._host_failed(job, host, exc, tried)
+                    if moved is None:
+                        job = await self._launch_failed(job, exc)
+                        if job.status != S.RETRYING:
+                            return job, host
+                        await asyncio.sleep(backoff(job.retry_count - 1, self.retry_backoff_s))
+                        continue
+            job, host = moved
+            await self._pause_before(len(tried))
 
-    async def _launch(self, job: ContainerJob) -> ContainerJob:
-        executor = await self._executor(job)
+    async def _to_launching(self, job: ContainerJob) -> ContainerJob:
+        if job.status == S.RETRYING:  # a pending job goes straight to launching
+            job = await self._transition(job, S.QUEUED)
+        return await self._transition(job, S.LAUNCHING)
+
+    async def _pause_before(self, hosts_tried: int) -> None:
+        """The back-off before a launch on the next host: every retry path backs off."""
+        await asyncio.sleep(backoff(hosts_tried - 2, self.retry_backoff_s))
+
+    async def _host_failed(
+        self, job: ContainerJob, host: ExecutorHost, exc: ExecutorError, tried: set[str]
+    ) -> tuple[ContainerJob, ExecutorHost] | None:
+        """A launch failed: when it was the host's fault, count it against the host and move
+        an unpinned job to another host; returns (job, host) when it moved."""
+        if not is_host_fault(exc):
+            return None
+        await count_failed_launch(self.store, host, exc, self.failure_threshold)
+        return await self._fail_over(job, host, f"launch failed: {exc}", tried)
+
+    async def _fail_over(
+        self, job: ContainerJob, host: ExecutorHost, why: str, tried: set[str]
+    ) -> tuple[ContainerJob, ExecutorHost] | None:
+        """Re-route a job the caller did not pin to the best other healthy host of the same
+        executor type that may run it (routing's rules, isolation included), not yet tried
+        in this claim; None when the job is pinned or no such host exists."""
+        if job.host_pinned:
+            return None
+        others = [
+            other
+            for other in await self.store.host_list(active_only=True)
+            if other.id not in tried and other.executor_type == host.executor_type
+        ]
+        template = await self._template(job)
+        try:
+            decision = choose_host(job, others, template)
+        except InvalidInput:
+            return None  # nowhere else to go: the job retries on its own host
+        target = decision.host
+        tried.add(target.id)
+        fields = {
+            "host_id": target.id,
+            "executor_type": target.executor_type,
+            "routing_reason": f"failover from {host.name} ({why}); {decision.reason}",
+            "estimated_cost": decision.estimated_cost,
+            "status_message": f"re-routed from {host.name} to {target.name}: {why}",
+        }
+        log.warning(
+            "container job %s: %s on %s; re-routed to %s",
+            job.id,
+            why,
+            host.name,
+            target.name,
+            extra=_context(job),
+        )
+        # launching -> retrying (the old host's slot is freed); a job not yet launching keeps
+        # its status. The store checks the isolation rule again as it writes the host.
+        status = S.RETRYING if job.status == S.LAUNCHING else job.status
+        return await self._transition(job, status, fields), target
+
+    async def _fail(self, job: ContainerJob, message: str) -> ContainerJob:
+        return await self._transition(job, S.FAILED, {"status_message": message})
+
+    async def _launch(self, job: ContainerJob, executor: ContainerExecutor) -> ContainerJob:
         env = await self._environment(job)
         # Shielded: a processor shutting down (or losing the lease) mid-launch still records
         # the container it started, so the next processor monitors it instead of starting
@@ -267,11 +289,8 @@ class ContainerProcessor:
     async def _launch_and_record(
         self, job: ContainerJob, executor: ContainerExecutor, env: dict[str, str]
     ) -> ContainerJob:
-        started = time.perf_counter()
-        try:
+        with self._executor_time():
             launched = await executor.launch_job(job, env)
-        finally:
-            self.stats.executor_s += time.perf_counter() - started
         job.set_execution_identifier(launched.execution_id)
         fields = {
             "execution_id": job.execution_id,
@@ -294,23 +313,28 @@ class ContainerProcessor:
         log.warning("container job %s: %s", job.id, message, extra=_context(job))
         return await self._transition(job, S.FAILED, {"status_message": message})
 
-    def _backoff(self, attempt: int) -> float:
-        delay: float = self.retry_backoff_s * 2.0 ** max(0, attempt - 1)
-        return min(30.0, delay) * random.uniform(0.8, 1.2)
-
-    async def _finish(self, job: ContainerJob) -> None:
-        executor = await self._executor(job)
+    async def _finish(
+        self, job: ContainerJob, host: ExecutorHost, executor: ContainerExecutor
+    ) -> ContainerJob:
         execution_id = job.get_execution_identifier()
-        started = time.perf_counter()
-        try:
+        with self._executor_time():
             timed_out = await self._wait(job, executor, execution_id)
             result = await executor.harvest_job(job)
-        finally:
-            self.stats.executor_s += time.perf_counter() - started
         if timed_out:
             result = dataclasses.replace(result, status="timeout", reason="timeout")
-        await self._record(job, result)
-        await self.service.stop_container(job)
+        done = await self._record(job, result, host)
+        with self._executor_time():
+            await stop_container(self.executors, job, executor)
+        return done
+
+    @contextlib.contextmanager
+    def _executor_time(self) -> Iterator[None]:
+        """Count the time inside an executor call in the figures (the rest is overhead)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stats.executor_s += time.perf_counter() - started
 
     async def _wait(
         self, job: ContainerJob, executor: ContainerExecutor, execution_id: str
@@ -340,7 +364,9 @@ class ContainerProcessor:
         else:
             await asyncio.sleep(delay)
 
-    async def _record(self, job: ContainerJob, result: HarvestResult) -> None:
+    async def _record(
+        self, job: ContainerJob, result: HarvestResult, host: ExecutorHost
+    ) -> ContainerJob:
         fields: dict[str, Any] = {
             "exit_code": result.exit_code,
             "stdout_log": result.stdout,
@@ -352,11 +378,20 @@ class ContainerProcessor:
         }
         if result.started_at is not None:
             fields["started_at"] = result.started_at
-        fields["actual_cost"] = await self._actual_cost(job, fields)
         # One report per launch: a retried write after a lost reply is applied once.
         report_id = f"{job.id}:{job.get_execution_identifier()}:final"
-        await self._transition(job, ContainerJobStatus(result.status), fields, report_id)
+        rerun_in = exit_retry_delay(job, result)
+        if job.exit_retry is not None:
+            attempt = _exit_attempt(job, result, fields, rerun_in)
+            fields["exit_attempts"] = [*job.exit_attempts, attempt]
+        if rerun_in is not None:
+            fields.pop("completed_at")
+            fields["status_message"] = _rerun_message(job, result, rerun_in)
+            return await self._transition(job, S.RETRYING, fields, report_id)
+        fields["actual_cost"] = _actual_cost(job, fields, host)
+        done = await self._transition(job, ContainerJobStatus(result.status), fields, report_id)
         metrics.CONTAINER_JOBS_FINISHED.labels(job.executor_type, result.status).inc()
+        return done
 
     async def _transition(
         self,
@@ -365,27 +400,65 @@ class ContainerProcessor:
         fields: dict[str, Any] | None = None,
         report_id: str | None = None,
     ) -> ContainerJob:
-        store = await self.service.store()
-        return await store.container_transition(job.id, status, fields, report_id)
-
-    async def _actual_cost(self, job: ContainerJob, fields: dict[str, Any]) -> float | None:
-        """The host's per-job price plus its hourly price for the time the job ran."""
-        if job.estimated_cost is None:
-            return None  # the host has no prices
-        host = await (await self.service.factory()).host_of(job)
-        started, finished = fields.get("started_at") or job.started_at, fields["completed_at"]
-        hours = (finished - started).total_seconds() / 3600 if started else 0.0
-        return round((host.cost_per_job or 0.0) + (host.cost_per_hour or 0.0) * hours, 6)
-
-    async def _executor(self, job: ContainerJob) -> ContainerExecutor:
-        return await (await self.service.factory()).get_executor(job)
+        return await self.store.container_transition(job.id, status, fields, report_id)
 
     async def _environment(self, job: ContainerJob) -> dict[str, str]:
-        template = None
-        if job.environment_template_id:
-            store = await self.service.store()
-            template = await store.template_get(job.environment_template_id)
-        return job.get_all_environment_variables(template)
+        return job.get_all_environment_variables(await self._template(job))
+
+    async def _template(self, job: ContainerJob) -> EnvironmentVariableTemplate | None:
+        if job.environment_template_id is None:
+            return None
+        return await self.store.template_get(job.environment_template_id)
+
+
+def exit_retry_delay(job: ContainerJob, result: HarvestResult) -> float | None:
+    """Seconds to wait before running the job again, when its exit retry policy asks for a
+    run after this one's exit code and has runs left; None when this run is the last."""
+    policy = job.exit_retry
+    if policy is None or result.status != "failed":
+        return None
+    if result.exit_code not in policy.retry_on_exit_codes:
+        return None
+    reruns = sum(1 for attempt in job.exit_attempts if attempt.retry_in_s is not None)
+    if reruns >= policy.max_retries:
+        return None
+    return backoff(reruns, policy.backoff_s)
+
+
+def _exit_attempt(
+    job: ContainerJob, result: HarvestResult, fields: dict[str, Any], rerun_in: float | None
+) -> ExitAttempt:
+    """The run that just ended, as the job's exit_attempts keep it."""
+    error = ""
+    if result.status != "completed":
+        error = result.reason or result.stderr.strip()[-500:]
+    return ExitAttempt(
+        attempt=len(job.exit_attempts) + 1,
+        status=S(result.status),
+        exit_code=result.exit_code,
+        error=error,
+        started_at=fields.get("started_at") or job.started_at,
+        finished_at=fields["completed_at"],
+        retry_in_s=rerun_in,
+    )
+
+
+def _rerun_message(job: ContainerJob, result: HarvestResult, rerun_in: float) -> str:
+    policy_runs = (job.exit_retry.max_retries if job.exit_retry else 0) + 1
+    run = len(job.exit_attempts) + 1
+    return (
+        f"exit code {result.exit_code} (run {run} of at most {policy_runs}); running again"
+        f" in {rerun_in:.1f} s"
+    )
+
+
+def _actual_cost(job: ContainerJob, fields: dict[str, Any], host: ExecutorHost) -> float | None:
+    """The host's per-job price plus its hourly price for the time the job ran."""
+    if job.estimated_cost is None:
+        return None  # the host has no prices
+    started, finished = fields.get("started_at") or job.started_at, fields["completed_at"]
+    hours = (finished - started).total_seconds() / 3600 if started else 0.0
+    return round((host.cost_per_job or 0.0) + (host.cost_per_hour or 0.0) * hours, 6)
 
 
 def _deadline(job: ContainerJob) -> float:
@@ -403,15 +476,3 @@ async def _stop(executor: ContainerExecutor, execution_id: str) -> None:
 def _context(job: ContainerJob) -> dict[str, Any]:
     """Log fields for a container job (see src/services/logs.py)."""
     return {"job_id": job.id, "host_id": job.host_id, "user_id": job.created_by}
-
-
-def container_processor(
-    service: ContainerJobService, settings: Settings, **options: Any
-) -> ContainerProcessor:
-    """A processor configured from the settings (options override them)."""
-    values: dict[str, Any] = {
-        "concurrency": settings.bulkjobs_container_concurrency,
-        "poll_interval_s": settings.bulkjobs_container_poll_s,
-        "lease_s": settings.bulkjobs_lease_seconds,
-    }
-    return ContainerProcessor(service, **(values | options))

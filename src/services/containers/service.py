@@ -6,31 +6,35 @@ bulk jobs; both share one store. The processor (processor.py) runs what this cre
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from src.services.bulk_job_manager import BulkJobManager, bulk_job_manager
-from src.services.containers.factory import ExecutorFactory, executor_class
-from src.services.containers.models import (
+from src.config import Settings
+from src.services.bulk_job_manager import bulk_job_manager
+from src.services.containers.cascade import cancel_container_jobs
+from src.services.containers.executors.config import check_executor_config
+from src.services.containers.factory import ExecutorFactory, executor_class, stop_container
+from src.services.containers.health import probe_host
+from src.services.containers.routing import check_networks, isolated_only, route
+from src.services.domain import check_user_id, new_id
+from src.services.domain.containers import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
     ContainerJob,
     ContainerJobSpec,
     ContainerJobStatus,
+    ContainerQuota,
     EnvironmentVariableTemplate,
     ExecutorHost,
     ExecutorType,
-    check_host_limits,
     format_env_text,
     parse_env_text,
 )
-from src.services.containers.routing import choose_host, estimate_cost, why_not
-from src.services.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from src.services.store.base import ContainerStore
-from src.services.store.local_containers import new_id
+from src.services.errors import InvalidInput, NotFound, PermissionDenied
+from src.services.id_prefix import MAX_MATCHES, can_be_prefix, unique_match
+from src.services.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +48,34 @@ def invalid_input(exc: ValidationError, prefix: str = "") -> InvalidInput:
     return InvalidInput(f"{prefix}{where}", first["msg"])
 
 
-class ContainerJobService:
-    def __init__(self, manager: BulkJobManager | None = None) -> None:
-        self.manager = manager or bulk_job_manager
-        self._factory: ExecutorFactory | None = None
+class ContainerBackend(Protocol):
+    """What the service needs of the manager: settings, the store and the executors (a
+    stage processor's `ctx.manager` has them too)."""
 
-    async def store(self) -> ContainerStore:
-        return await self.manager.container_store()
+    @property
+    def settings(self) -> Settings: ...
+
+    async def store(self) -> Store: ...
+
+    async def executors(self) -> ExecutorFactory: ...
+
+    async def close_executors(self) -> None: ...
+
+
+class ContainerJobService:
+    def __init__(self, manager: ContainerBackend | None = None) -> None:
+        self.manager: ContainerBackend = manager or bulk_job_manager
+
+    async def store(self) -> Store:
+        return await self.manager.store()
 
     async def factory(self) -> ExecutorFactory:
-        if self._factory is None:
-            work_dir = self.manager.settings.bulkjobs_local_work_dir
-            self._factory = ExecutorFactory(await self.store(), work_dir)
-        return self._factory
+        """The process's executors (the manager's, shared with its workers)."""
+        return await self.manager.executors()
 
     async def aclose(self) -> None:
-        if self._factory is not None:
-            await self._factory.aclose()
-            self._factory = None
-
-    # -- jobs ------------------------------------------------------------------------------
+        """Close the executors (they open again on next use)."""
+        await self.manager.close_executors()
 
     async def create_job(
         self,
@@ -77,13 +89,18 @@ class ContainerJobService:
         host: str | ExecutorHost | None = None,
         executor_type: ExecutorType | str | None = None,
         trusted: bool = True,
+        limited: bool = True,
+        docker_host: str | ExecutorHost | None = None,
         **fields: Any,
     ) -> ContainerJob:
         """Validate, pick a host (routing when none is given) and store a pending job.
+        `limited` (unless False: admins over HTTP): ContainerQuotaExceeded when `user` has
+        BULKJOBS_USER_MAX_UNFINISHED_CONTAINER_JOBS unfinished jobs already.
 
-        `fields` are the other ContainerJobSpec fields (memory_limit, cpu_limit,
-        timeout_seconds, working_directory, network_configuration, priority, max_retries,
-        preferred_executor, description, bulk_job_id, item_key). Errors name the field.
+        `docker_host` is the seed's name for `host` (a host, its id or its name). `fields`
+        are the other ContainerJobSpec fields (memory_limit, cpu_limit, timeout_seconds,
+        working_directory, network_configuration, priority, max_retries, preferred_executor,
+        description, bulk_job_id, item_key). Errors name the field.
         """
         job = (
             await self.prepare_jobs(
@@ -91,14 +108,22 @@ class ContainerJobService:
                 user=user,
                 environment_template=environment_template,
                 environment_vars=environment_vars,
-                host=host,
+                host=_one_host(host, docker_host),
                 executor_type=executor_type,
                 trusted=trusted,
             )
         )[0]
-        await (await self.store()).container_create(job)
+        await (await self.store()).container_create(job, self.quota(limited))
         log.info("container job created", extra={"job_id": job.id, "host_id": job.host_id})
         return job
+
+    def quota(self, limited: bool = True) -> ContainerQuota | None:
+        """The per-user cap on unfinished container jobs that creations check (None: not
+        limited)."""
+        if not limited:
+            return None
+        cap = self.manager.settings.bulkjobs_user_max_unfinished_container_jobs
+        return ContainerQuota(max_unfinished=cap)
 
     async def prepare_jobs(
         self,
@@ -115,6 +140,8 @@ class ContainerJobService:
 
         An untrusted caller (a non-admin over HTTP) cannot use a host that runs commands
         without isolation (the local executor) unless the host allows it."""
+        if user is not None:
+            user = check_user_id(user, "user")
         if not trusted and environment_template is not None:
             # Templates hold shared secrets; only admins manage and use them.
             raise PermissionDenied("only admins may use environment templates")
@@ -122,14 +149,14 @@ class ContainerJobService:
         overrides = _env_text(environment_vars)
         hosts = await self._candidate_hosts(host, executor_type)
         if not trusted:
-            hosts = _isolated_only(hosts, pinned=host is not None)
+            hosts = isolated_only(hosts, pinned=host is not None)
             for spec_fields in specs:
-                _check_networks(spec_fields.get("network_configuration") or [], hosts)
+                check_networks(spec_fields.get("network_configuration") or [], hosts)
         jobs = []
         for spec_fields in specs:
             spec = _spec(spec_fields, overrides)
-            job = _new_job(spec, user, template)
-            jobs.append(_route(job, spec, hosts, template, pinned=host is not None))
+            job = _new_job(spec, user, template, untrusted=not trusted, pinned=host is not None)
+            jobs.append(route(job, spec, hosts, template, pinned=host is not None))
         return jobs
 
     async def _template(
@@ -161,11 +188,39 @@ class ContainerJobService:
         return hosts
 
     async def get_job(self, job_id: str, user: str | None = None) -> ContainerJob:
-        """The job; NotFound if it does not exist or `user` is given and does not own it."""
-        job = await (await self.store()).container_get(job_id)
+        """The job of that id, or the one whose id starts with it; NotFound if there is none
+        or `user` is given and does not own it, AmbiguousId if several ids start with it."""
+        store = await self.store()
+        job = await store.container_get(job_id) if can_be_prefix(job_id) else None
         if job is None or (user is not None and job.created_by != user):
-            raise NotFound(f"container job {job_id} not found")
+            job = await self.get_by_prefix(prefix=job_id, user=user)
+        return await self.resolve_template(job)
+
+    async def get_by_prefix(self, prefix: str, user: str | None = None) -> ContainerJob:
+        """The one job (of `user` when given) whose id starts with `prefix`."""
+        store = await self.store()
+        matches = []
+        if can_be_prefix(prefix):
+            matches = await store.container_get_ids_by_prefix(prefix, user, MAX_MATCHES + 1)
+        job = await store.container_get(unique_match("job_id", prefix, matches, "container job"))
+        if job is None:
+            raise NotFound(f"container job {prefix} not found")
         return job
+
+    async def resolve_template(self, job: ContainerJob) -> ContainerJob:
+        """The job with its own environment template loaded, so that
+        job.get_all_environment_variables() resolves template + overrides by itself."""
+        return (await self._with_templates([job]))[0]
+
+    async def _with_templates(self, jobs: list[ContainerJob]) -> list[ContainerJob]:
+        """Jobs with their templates loaded, each template read once."""
+        store = await self.store()
+        wanted = {job.environment_template_id for job in jobs if job.environment_template_id}
+        templates = {key: await store.template_get(key) for key in wanted}
+        for job in jobs:
+            if job.environment_template_id is not None:
+                job.attach_template(templates[job.environment_template_id])
+        return jobs
 
     async def list_jobs(
         self,
@@ -177,13 +232,14 @@ class ContainerJobService:
     ) -> list[ContainerJob]:
         if status is not None and status not in ContainerJobStatus.__members__.values():
             raise InvalidInput("status", f"unknown status {status!r}")
-        return await (await self.store()).container_list(
+        jobs = await (await self.store()).container_list(
             status=status,
             host_id=host,
             created_by=user,
             bulk_job_id=bulk_job_id,
             limit=max(1, min(limit, MAX_LIST)),
         )
+        return await self._with_templates(jobs)
 
     async def cancel_job(self, job_id: str, user: str | None = None, reason: str = "") -> bool:
         """Cancel an unfinished job and stop its container; False if it had already ended."""
@@ -202,24 +258,11 @@ class ContainerJobService:
 
     async def cancel_for_bulk_job(self, bulk_job_id: str) -> int:
         """Cancel every unfinished container job a bulk job started; returns how many."""
-        store = await self.store()
-        cancelled = 0
-        for status in ("pending", "queued", "retrying", "launching", "running"):
-            for job in await store.container_list(
-                status=status, bulk_job_id=bulk_job_id, limit=MAX_LIST
-            ):
-                with contextlib.suppress(Conflict):  # it ended meanwhile
-                    cancelled += await self.cancel_job(job.id, reason="bulk job cancelled")
-        return cancelled
+        return await cancel_container_jobs(await self.store(), await self.factory(), bulk_job_id)
 
     async def stop_container(self, job: ContainerJob) -> bool:
         """Stop and remove a job's container; failures are logged, not raised."""
-        try:
-            executor = await (await self.factory()).get_executor(job)
-            return await executor.cleanup(job.get_execution_identifier())
-        except Exception:
-            log.warning("could not stop the container of job %s", job.id, exc_info=True)
-            return False
+        return await stop_container(await self.factory(), job)
 
     async def get_logs(self, job_id: str, user: str | None = None) -> dict[str, str]:
         """stdout/stderr: stored for a finished job, read live from a running one."""
@@ -231,14 +274,13 @@ class ContainerJobService:
             stdout, stderr = job.stdout_log, job.stderr_log
         return {"stdout": stdout, "stderr": stderr, "status": job.status.value}
 
-    # -- hosts -----------------------------------------------------------------------------
-
     async def create_host(self, **fields: Any) -> ExecutorHost:
         try:
             host = ExecutorHost.model_validate({"id": new_id(), **fields})
         except ValidationError as exc:
             raise invalid_input(exc) from None
-        executor_class(host.executor_type)  # a missing SDK is an error now, not at launch
+        # A missing SDK or a bad config is an error now, not at every routed launch.
+        _check_config(host.executor_type, host.executor_config)
         await (await self.store()).host_create(host)
         return host
 
@@ -261,6 +303,7 @@ class ContainerJobService:
             fields["executor_config"] = _keep_redacted(
                 fields["executor_config"], host.executor_config
             )
+            _check_config(host.executor_type, fields["executor_config"])
         try:
             ExecutorHost.model_validate(host.model_dump() | fields)
         except ValidationError as exc:
@@ -276,18 +319,11 @@ class ContainerJobService:
         return await (await self.store()).host_adjust_count(host_id, -1)
 
     async def check_host_health(self, host_id: str) -> dict[str, Any]:
-        """Ask the host's executor; record the outcome (3 failures in a row: unavailable)."""
+        """Probe the host now and record the outcome, as the workers' periodic probes do
+        (BULKJOBS_HOST_FAILURE_THRESHOLD failures in a row: routing skips it)."""
         host = await self.get_host(host_id)
-        try:
-            executor = await (await self.factory()).executor_for_host(host)
-            health = await executor.get_health_status()
-        except Exception as exc:
-            health = {"healthy": False, "error": str(exc), "response_time": None}
-        store = await self.store()
-        updated = await store.host_record_health(host.id, bool(health.get("healthy")))
-        return health | {"health_check_failures": updated.health_check_failures}
-
-    # -- templates -------------------------------------------------------------------------
+        threshold = self.manager.settings.bulkjobs_host_failure_threshold
+        return await probe_host(await self.store(), await self.factory(), host, threshold)
 
     async def create_template(self, **fields: Any) -> EnvironmentVariableTemplate:
         try:
@@ -318,6 +354,25 @@ class ContainerJobService:
             return await (await self.store()).template_update(template.id, fields)
         except ValidationError as exc:
             raise invalid_input(exc) from None
+
+
+def _one_host(
+    host: str | ExecutorHost | None, docker_host: str | ExecutorHost | None
+) -> str | ExecutorHost | None:
+    """`host`, or its alias `docker_host`; both at once only when they agree."""
+    if host is None or docker_host is None:
+        return host if docker_host is None else docker_host
+    if _host_key(host) != _host_key(docker_host):
+        raise InvalidInput("docker_host", "is another name for host; give one of them")
+    return host
+
+
+def _host_key(host: str | ExecutorHost) -> str:
+    return host.id if isinstance(host, ExecutorHost) else host
+
+
+def _check_config(executor_type: str, config: dict[str, Any]) -> None:
+    check_executor_config(executor_class(executor_type).config_model, executor_type, config)
 
 
 def _keep_redacted(new: Any, stored: Any) -> Any:
@@ -351,84 +406,24 @@ def _spec(fields: dict[str, Any], overrides: str) -> ContainerJobSpec:
 
 
 def _new_job(
-    spec: ContainerJobSpec, user: str | None, template: EnvironmentVariableTemplate | None
+    spec: ContainerJobSpec,
+    user: str | None,
+    template: EnvironmentVariableTemplate | None,
+    *,
+    untrusted: bool,
+    pinned: bool,
 ) -> ContainerJob:
-    return ContainerJob.model_validate(
+    job = ContainerJob.model_validate(
         spec.model_dump()
         | {
             "id": new_id(),
             "created_by": user,
             "environment_template_id": template.id if template else None,
+            "untrusted": untrusted,
+            "host_pinned": pinned,
         }
     )
-
-
-def _route(
-    job: ContainerJob,
-    spec: ContainerJobSpec,
-    hosts: list[ExecutorHost],
-    template: EnvironmentVariableTemplate | None,
-    pinned: bool,
-) -> ContainerJob:
-    if pinned:
-        host = hosts[0]
-        check_host_limits(spec, host)
-        problem = why_not(job, host, template)
-        # A full host still takes queued work; anything else is a real refusal.
-        if problem is not None and not problem.startswith("full"):
-            raise InvalidInput("host", f"host {host.name} cannot run this job: {problem}")
-        reason, cost = f"{host.name}: chosen by the caller", estimate_cost(job, host)
-    else:
-        decision = choose_host(job, _not_full(hosts), template)
-        host, reason, cost = decision.host, decision.reason, decision.estimated_cost
-    job.host_id, job.executor_type = host.id, host.executor_type
-    job.routing_reason, job.estimated_cost = reason, cost
-    return job
-
-
-def runs_untrusted(host: ExecutorHost) -> bool:
-    """Whether a non-admin's job may run on the host: the local executor isolates nothing,
-    so only when its config says `allow_untrusted_jobs`."""
-    return host.executor_type != "local" or bool(host.executor_config.get("allow_untrusted_jobs"))
-
-
-def _isolated_only(hosts: list[ExecutorHost], pinned: bool) -> list[ExecutorHost]:
-    allowed = [host for host in hosts if runs_untrusted(host)]
-    if not allowed:
-        where = f"host {hosts[0].name}" if pinned else "the available hosts"
-        raise PermissionDenied(
-            f"{where} run commands without isolation (local executor); only admins may use"
-            " them -- choose a docker or cloud host"
-        )
-    return allowed
-
-
-#: Docker network modes that share another namespace: never for an untrusted caller.
-SHARED_NETWORK_MODES = ("host",)
-
-
-def _check_networks(networks: list[dict[str, Any]], hosts: list[ExecutorHost]) -> None:
-    """An untrusted caller's job may join only networks every candidate host lists in
-    executor_config.allowed_networks: `host` or `container:<id>` would reach past the
-    container's isolation."""
-    for net in networks:
-        name = str(net.get("network_name") or "")
-        if not name or name == "none":
-            continue
-        allowed = all(name in host.executor_config.get("allowed_networks", []) for host in hosts)
-        if name in SHARED_NETWORK_MODES or name.startswith("container:") or not allowed:
-            raise PermissionDenied(
-                f"network {name!r} is not in the host's allowed_networks; only admins may"
-                " choose other networks"
-            )
-
-
-def _not_full(hosts: list[ExecutorHost]) -> list[ExecutorHost]:
-    """Routing ranks hosts by their slots, but a pending job only needs a slot when it
-    launches; when every host is busy, queue on the best one rather than refuse."""
-    if any(host.current_job_count < host.max_concurrent_jobs for host in hosts):
-        return hosts
-    return [host.model_copy(update={"current_job_count": 0}) for host in hosts]
+    return job.attach_template(template)
 
 
 #: The process-wide service. Creating it opens nothing: the store opens on first use,

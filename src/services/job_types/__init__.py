@@ -16,6 +16,10 @@ def default_registry() -> JobTypeRegistry:
             module.PROCESSORS,
             validate=module.validate,
             description=(module.__doc__ or "").strip().splitlines()[0],
+            authorize=module.AUTHORIZE,
+            kinds=module.KINDS,
+            retry_data=module.RETRY_DATA,
+            stage_retries=module.STAGE_RETRIES,
         )
     return registry
 

@@ -11,6 +11,10 @@ writes those rows as CSV, JSON, or a ZIP that also holds every item's logs.
 Container job ids are derived from the bulk job id and the item index, so a stage resumed
 after a worker died finds the jobs it already started instead of starting them twice.
 Cancelling the bulk job cancels its unfinished container jobs and stops their containers.
+
+A retry of the failed items runs the items whose container job did not complete (failed,
+timed out or cancelled) again, with the job's other settings; each keeps its index from the
+first job (`item_indexes`), so {index} and $ITEM_INDEX name the same item as before.
 """
 
 from __future__ import annotations
@@ -23,11 +27,18 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from src.services.containers.models import ENV_KEY, ContainerJob, ExecutorType
 from src.services.containers.service import ContainerJobService
-from src.services.domain import BulkJobStage, BulkJobStatus
+from src.services.domain import BulkJobStage, BulkJobStatus, Job
+from src.services.domain.containers import (
+    ENV_KEY,
+    ContainerJob,
+    ContainerJobStatus,
+    ExecutorType,
+    ExitRetryPolicy,
+)
 from src.services.errors import InvalidInput
-from src.services.runner import StageContext
+from src.services.runner import StageContext, StageRetryPolicy, StageServices
+from src.services.worker.sources import CONTAINER_JOB
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +71,19 @@ class ContainerBatchData(BaseModel):
     cpu_limit: float | None = Field(None, ge=0.1, le=32)
     timeout_seconds: int = Field(600, gt=0, le=24 * 3600)
     max_retries: int = Field(0, ge=0, le=10)
+    #: Each item's container runs again after one of these exits (its own budget).
+    exit_retry: ExitRetryPolicy | None = None
     environment: dict[str, str] = Field(default_factory=dict, max_length=100)
     export_format: Literal["csv", "json", "zip"] = "csv"
     #: Set by the service for a non-admin's job (whatever the request said): its items
     #: may only run on hosts that isolate them.
     isolated_only: bool = False
+    #: Each item's index, when not its position: a retry keeps the first job's indexes.
+    item_indexes: list[int] | None = Field(None, min_length=1, max_length=MAX_ITEMS)
+
+    def index(self, position: int) -> int:
+        """The index of the item at `position` ({index}, $ITEM_INDEX, the export's rows)."""
+        return position if self.item_indexes is None else self.item_indexes[position]
 
 
 def validate(job_data: dict[str, Any]) -> dict[str, Any]:
@@ -76,6 +95,10 @@ def validate(job_data: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInput(f"job_data.{where}", first["msg"]) from None
     if not data.image.strip():
         raise InvalidInput("job_data.image", "an image is required")
+    if data.item_indexes is not None and len(data.item_indexes) != len(data.items):
+        raise InvalidInput("job_data.item_indexes", "must give one index per item")
+    if any(index < 0 for index in data.item_indexes or []):
+        raise InvalidInput("job_data.item_indexes", "indexes must not be negative")
     for index, item in enumerate(data.items):
         if _breaks_line(item_text(item)):  # it travels as one KEY=value line
             raise InvalidInput(f"job_data.items.{index}", "may not contain a line break")
@@ -106,13 +129,14 @@ def container_job_id(bulk_job_id: str, index: int) -> str:
 
 
 async def authorize(
-    service: ContainerJobService, job_data: dict[str, Any], user: str, trusted: bool
+    services: StageServices, job_data: dict[str, Any], user: str, trusted: bool
 ) -> dict[str, Any]:
     """For an untrusted (non-admin) caller: refuse hosts without isolation now, and mark the
     job so its stages route only to isolated hosts too."""
     if trusted:
         return job_data
     data = ContainerBatchData.model_validate(job_data)
+    service = ContainerJobService(services)
     (job,) = await _prepare(service, "check", data, [0], user, trusted=False)
     return job_data | {"executor_type": job.executor_type, "isolated_only": True}
 
@@ -139,7 +163,7 @@ async def run_items(ctx: StageContext) -> list[dict[str, Any]]:
 
 async def export(ctx: StageContext) -> dict[str, str]:
     data = ContainerBatchData.model_validate(ctx.job_data)
-    rows: list[dict[str, Any]] = ctx.output(BulkJobStage.CONTENT_PROCESSING) or []
+    rows: list[dict[str, Any]] = await ctx.output(BulkJobStage.CONTENT_PROCESSING) or []
     await ctx.start(1)
     payload: Any = rows
     if data.export_format == "zip":
@@ -151,10 +175,52 @@ async def export(ctx: StageContext) -> dict[str, str]:
     return {"export_id": export_id}
 
 
+#: Statuses of an item's container job that make the item a failed one.
+FAILED_STATUSES = frozenset(
+    {ContainerJobStatus.FAILED, ContainerJobStatus.TIMEOUT, ContainerJobStatus.CANCELLED}
+)
+
+
+async def retry_data(services: StageServices, job: Job) -> dict[str, Any] | None:
+    """The items whose container job ended without completing, with the job's other
+    settings and each item's index from this job (read from the store: every item's
+    container job is kept with its outcome)."""
+    data = ContainerBatchData.model_validate(job.job_data)
+    store = await ContainerJobService(services).store()
+    ids = [container_job_id(job.id, position) for position in range(len(data.items))]
+    position = {job_id: index for index, job_id in enumerate(ids)}
+    failed: list[int] = []
+    for start in range(0, len(ids), READ_CHUNK):
+        for item_job in await store.container_get_many(ids[start : start + READ_CHUNK]):
+            if item_job.status in FAILED_STATUSES:
+                failed.append(position[item_job.id])
+    if not failed:
+        return None
+    failed.sort()
+    return data.model_dump(exclude_none=True) | {
+        "items": [data.items[index] for index in failed],
+        "item_indexes": [data.index(index) for index in failed],
+    }
+
+
 PROCESSORS = {
     BulkJobStage.INITIALIZATION: initialize,
     BulkJobStage.CONTENT_PROCESSING: run_items,
     BulkJobStage.EXPORT_GENERATION: export,
+}
+AUTHORIZE = authorize
+#: Its processing stage creates container jobs: they must run too.
+KINDS = (CONTAINER_JOB,)
+RETRY_DATA = retry_data
+#: A store out of reach for a moment does not fail the job: the stage starts again, and a
+#: processing stage started again adopts the container jobs it had already created.
+STAGE_RETRIES = {
+    stage: StageRetryPolicy(attempts=3, backoff_s=1.0)
+    for stage in (
+        BulkJobStage.INITIALIZATION,
+        BulkJobStage.CONTENT_PROCESSING,
+        BulkJobStage.EXPORT_GENERATION,
+    )
 }
 
 
@@ -191,7 +257,7 @@ class _Batch:
             for job in await store.container_get_many(self.ids[start : start + READ_CHUNK]):
                 index = position[job.id]
                 if job.is_terminal_status:
-                    self.finished[index] = _row(index, self.data.items[index], job)
+                    self._finish(index, job)
                 else:
                     self.in_flight[index] = job
 
@@ -225,9 +291,16 @@ class _Batch:
             if job.is_terminal_status:
                 index = by_id[job.id]
                 del self.in_flight[index]
-                self.finished[index] = _row(index, self.data.items[index], job)
+                self._finish(index, job)
                 changed = True
         return changed
+
+    def _finish(self, index: int, job: ContainerJob) -> None:
+        row = _row(self.data.index(index), self.data.items[index], job)
+        self.finished[index] = row
+        if row["status"] != "completed":
+            exit_code = "" if job.exit_code is None else f", exit code {job.exit_code}"
+            self.ctx.item_failed(row["item"], row["error"] or f"{row['status']}{exit_code}")
 
     async def _report(self) -> None:
         completed = sum(1 for row in self.finished.values() if row["status"] == "completed")
@@ -256,19 +329,20 @@ async def _prepare(
     specs = [
         {
             "docker_image": data.image,
-            "command": render_command(data.command, data.items[index], index),
-            "name": f"{NAME} {bulk_job_id[:8]} #{index}",
+            "command": render_command(data.command, data.items[index], data.index(index)),
+            "name": f"{NAME} {bulk_job_id[:8]} #{data.index(index)}",
             "memory_limit": data.memory_limit,
             "cpu_limit": data.cpu_limit,
             "timeout_seconds": data.timeout_seconds,
             "max_retries": data.max_retries,
+            "exit_retry": data.exit_retry,
             "bulk_job_id": bulk_job_id,
-            "item_key": str(index),
+            "item_key": str(data.index(index)),
             "override_environment": "".join(
                 f"{key}={value}\n"
                 for key, value in (
                     data.environment
-                    | {"ITEM": item_text(data.items[index]), "ITEM_INDEX": str(index)}
+                    | {"ITEM": item_text(data.items[index]), "ITEM_INDEX": str(data.index(index))}
                 ).items()
             ),
         }

@@ -2,9 +2,28 @@
 
 One keep-alive `httpx.AsyncClient` with a bounded number of requests in flight (one client
 fanned out to 50 concurrent requests collapses to a few hundred req/s with p99 near a second;
-at 10 it stays fast), deploy-key auth so internal functions are reachable, Convex JSON values
-decoded, ConvexError data mapped to the service's errors, and 429/5xx/connection errors
-retried with jittered backoff before StoreUnavailable.
+at 10 it stays fast), deploy-key auth so internal functions are reachable, values in Convex's
+encoded JSON (the format both official clients ask for), every answer read by
+`read_answer`, and 429/5xx/connection errors retried with jittered backoff.
+
+How the backend answers, and what each answer becomes (the recorded shapes, with where each
+comes from, are the fixtures of tests/unit/test_convex_store_http.py):
+
+| answer | becomes |
+| --- | --- |
+| 200 or 560, `{status: "success", value}` | the value |
+| 200 or 560, `{status: "error", errorData: {code}}` | NotFound, Conflict, HostFull, RateLimited |
+| 200 or 560, `{status: "error"}`, a missing function | StoreMisconfigured |
+| 200 or 560, `{status: "error"}`, anything else | StoreError naming the function |
+| 401 / 403 `{code, message}` | StoreAuthError |
+| 404 `{code, message}`, 3xx | StoreMisconfigured |
+| 429 | retried, honouring Retry-After; then StoreRateLimited |
+| 5xx other than 560, connection errors | retried; then StoreUnavailable |
+| other 4xx `{code, message}` (BadJsonBody, BadFormat, ...) | StoreError naming the function |
+
+560 is the hosted backend's status for a function that threw (`STATUS_CODE_UDF_FAILED` in
+convex/browser's http_client.js, which reads it as a normal answer); the open-source backend
+sends the same body with 200. Neither is ever an outage.
 """
 
 from __future__ import annotations
@@ -13,7 +32,6 @@ import asyncio
 import base64
 import logging
 import math
-import random
 import struct
 import uuid
 from collections.abc import Mapping
@@ -23,11 +41,14 @@ from typing import Any, Literal
 import httpx
 
 from src.config import ConfigError, Settings
+from src.services.backoff import backoff
 from src.services.domain import (
-    ApiToken,
     BulkJobStatus,
+    ClaimRules,
     Export,
+    Failure,
     Job,
+    JobDeletion,
     JobStats,
     NewJob,
     RateLimit,
@@ -37,8 +58,11 @@ from src.services.domain import (
 from src.services.errors import (
     BulkJobError,
     Conflict,
+    ContainerQuotaExceeded,
+    ExportQuotaExceeded,
     HostFull,
     NotFound,
+    QuotaExceeded,
     RateLimited,
     StoreAuthError,
     StoreError,
@@ -48,21 +72,52 @@ from src.services.errors import (
 )
 from src.services.metrics import StoreTimer
 from src.services.store.base import MAX_PAGE
-from src.services.store.convex_containers import ConvexContainerOps
+from src.services.store.convex_containers import ConvexContainerOps, failure_args
+from src.services.store.convex_tokens import ConvexTokenOps
+from src.services.store.convex_webhooks import ConvexWebhookOps
 from src.services.store.convex_work import ConvexWorkOps
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["query", "mutation"]
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+#: The hosted backend's status for a function that threw; its body is a normal answer.
+UDF_FAILED = 560
+FUNCTION_ANSWER = frozenset({200, UDF_FAILED})
 MISSING_FUNCTION = "Could not find public function"
+#: The value format asked for: lossless, and what both official clients send.
+FORMAT = "convex_encoded_json"
+#: Integers a float64 holds exactly; such floats are read back as ints (see `decode`).
+EXACT_INT = 2**53
 
 
-# -- Convex values ---------------------------------------------------------------------------
+def retryable(status: int) -> bool:
+    """429 and 5xx are worth retrying; 560 is a function's own answer, not an outage."""
+    return status == 429 or (500 <= status < 600 and status != UDF_FAILED)
+
+
+def encode(value: Any) -> Any:
+    """Python to Convex JSON as convexToJson writes it: NaN and infinities as {"$float"}
+    (plain JSON has no spelling for them), bytes as {"$bytes"}."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$float": base64.b64encode(struct.pack("<d", value)).decode()}
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode()}
+    if isinstance(value, Mapping):
+        return {key: encode(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode(item) for item in value]
+    return value
 
 
 def decode(value: Any) -> Any:
-    """Convex JSON format to Python: {"$integer": b64} -> int, {"$float": b64} -> float."""
+    """Convex JSON to Python: {"$integer": b64} -> int, {"$float": b64} -> float, {"$bytes"}.
+
+    Every plain number in an answer is a float64, which the backend writes as `3.0`; one that
+    holds an integer exactly comes back as an int, as a JavaScript client sees one number
+    type and as LocalStore returns the ints it was given (counts, indexes, job data).
+    """
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) <= EXACT_INT else value
     if isinstance(value, list):
         return [decode(item) for item in value]
     if not isinstance(value, dict):
@@ -76,6 +131,99 @@ def decode(value: Any) -> Any:
         if key == "$bytes":
             return base64.b64decode(encoded)
     return {key: decode(item) for key, item in value.items()}
+
+
+def read_answer(path: str, response: httpx.Response) -> Any:
+    """One answer of the Convex HTTP API as a value, or raised as one of the service's errors.
+
+    The only place that reads a Convex answer; `_call` decides only whether to retry first.
+    """
+    body = _json_or_none(response)
+    if response.status_code in FUNCTION_ANSWER and isinstance(body, dict) and "status" in body:
+        return _function_result(path, body)
+    raise _http_error(path, response, body)
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _function_result(path: str, body: dict[str, Any]) -> Any:
+    if body["status"] == "success":
+        return decode(body.get("value"))
+    if body["status"] == "error":
+        raise _error_from(path, body)
+    raise StoreUnavailable(f"Convex answered {path} with an unknown status {body['status']!r}")
+
+
+QUOTA_ERRORS: dict[str, type[QuotaExceeded]] = {
+    "EXPORT_QUOTA": ExportQuotaExceeded,
+    "CONTAINER_QUOTA": ContainerQuotaExceeded,
+}
+
+
+def _error_from(path: str, body: dict[str, Any]) -> BulkJobError:
+    """A function's error answer as one of the service's errors, by its ConvexError code."""
+    data = decode(body.get("errorData"))
+    message = str(body.get("errorMessage") or "unknown error")
+    if isinstance(data, dict):
+        code, text = data.get("code"), str(data.get("message") or message)
+        if code == "NOT_FOUND":
+            return NotFound(text)
+        if code == "CONFLICT":
+            return Conflict(text)
+        if code == "HOST_FULL":
+            return HostFull(text)
+        if code == "RATE_LIMITED":
+            return RateLimited(int(data.get("retryAfterS", 1)), text)
+        if code in QUOTA_ERRORS:
+            maximum, usage, requested = (
+                int(data.get(key) or 0) for key in ("maximum", "usage", "requested")
+            )
+            return QUOTA_ERRORS[code](str(data.get("userId") or ""), maximum, usage, requested)
+    if MISSING_FUNCTION in message:
+        return _missing_function(path)
+    return StoreError(f"Convex function {path} failed: {message}")
+
+
+def _missing_function(path: str) -> StoreMisconfigured:
+    return StoreMisconfigured(
+        f"Convex function {path} is not deployed, or not visible without a valid"
+        " CONVEX_DEPLOY_KEY (deploy convex/ with `npx convex deploy`)"
+    )
+
+
+def _http_error(path: str, response: httpx.Response, body: Any) -> BulkJobError:
+    """A 4xx/5xx `{code, message}` answer (or a body that is no Convex answer at all)."""
+    status = response.status_code
+    said = _backend_said(status, body)
+    if status in (401, 403):
+        return StoreAuthError(f"Convex refused the deploy key ({said}); check CONVEX_DEPLOY_KEY")
+    if status == 404 and isinstance(body, dict) and body.get("code") == "FunctionPathNotFound":
+        return _missing_function(path)
+    if status == 404 or 300 <= status < 400:  # a redirect: not the deployment's own URL
+        return StoreMisconfigured(
+            f"Convex has no HTTP API at {response.url} ({said}); CONVEX_URL must be the"
+            " deployment URL, https://<deployment>.convex.cloud"
+        )
+    if status == 429:
+        return StoreRateLimited(math.ceil(_retry_after(response) or 1), f"Convex {said} for {path}")
+    if status >= 500 or status in FUNCTION_ANSWER:
+        return StoreUnavailable(f"Convex at {response.url.host} unavailable ({said}) for {path}")
+    return StoreError(f"Convex refused the call to {path}: {said}")
+
+
+def _backend_said(status: int, body: Any) -> str:
+    """`HTTP 400 BadJsonBody: <message>`, or what can be said of a body that is not JSON."""
+    if isinstance(body, dict) and ("code" in body or "message" in body):
+        code = f" {body['code']}" if body.get("code") else ""
+        return f"HTTP {status}{code}: {body.get('message', '')}"
+    if body is None:
+        return f"HTTP {status} and a body that is not JSON"
+    return f"HTTP {status}"
 
 
 def _ms(moment: datetime) -> float:
@@ -141,35 +289,16 @@ def _job(doc: dict[str, Any]) -> Job:
         lease_owner=doc.get("leaseOwner"),
         lease_expires_at=_dt(doc.get("leaseExpiresAt")),
         attempts=doc["attempts"],
+        current_stage=doc.get("currentStage"),
+        last_error=doc.get("lastError"),
+        retry_of=doc.get("retryOf"),
         stages=[_stage(stage) for stage in doc.get("stages", [])],
         exports=[_export(export) for export in doc.get("exports", [])],
     )
 
 
-def _error_from(path: str, body: dict[str, Any]) -> BulkJobError:
-    """A Convex error response as one of the service's errors."""
-    data = body.get("errorData")
-    message = str(body.get("errorMessage") or "unknown error")
-    if isinstance(data, dict):
-        code, text = data.get("code"), str(data.get("message") or message)
-        if code == "NOT_FOUND":
-            return NotFound(text)
-        if code == "CONFLICT":
-            return Conflict(text)
-        if code == "HOST_FULL":
-            return HostFull(text)
-        if code == "RATE_LIMITED":
-            return RateLimited(int(data.get("retryAfterS", 1)), text)
-    if MISSING_FUNCTION in message:
-        return StoreMisconfigured(
-            f"Convex function {path} is not deployed, or not visible without a valid"
-            " CONVEX_DEPLOY_KEY (deploy convex/ with `npx convex deploy`)"
-        )
-    return StoreError(f"Convex function {path} failed: {message}")
-
-
-class ConvexStore(ConvexContainerOps, ConvexWorkOps):
-    """Store, ContainerStore and WorkStore over a Convex deployment's HTTP API."""
+class ConvexStore(ConvexContainerOps, ConvexWorkOps, ConvexTokenOps, ConvexWebhookOps):
+    """Store, ContainerStore, WorkStore and WebhookStore over a Convex deployment's HTTP API."""
 
     def __init__(
         self,
@@ -194,58 +323,31 @@ class ConvexStore(ConvexContainerOps, ConvexWorkOps):
         self._retries = retries
         self.url = url
 
-    # -- transport -------------------------------------------------------------------------
-
     async def _call(self, kind: Kind, path: str, args: Mapping[str, Any]) -> Any:
-        payload = {"path": path, "args": _present(args), "format": "json"}
+        payload = {"path": path, "args": encode(_present(args)), "format": FORMAT}
+        last: httpx.Response | None = None
         for attempt in range(self._retries + 1):
             try:
                 with StoreTimer("convex", path):
                     response = await self._send(kind, payload)
             except httpx.TransportError as exc:
-                problem: str = f"{type(exc).__name__}: {exc}"
-                delay = _backoff(attempt)
+                last, problem = None, f"{type(exc).__name__}: {exc}"
+                delay = backoff(attempt, cap_s=5.0)
             else:
-                if response.status_code not in RETRYABLE_STATUS:
-                    return self._result(path, response)
-                problem = f"HTTP {response.status_code}"
-                delay = _retry_after(response) or _backoff(attempt)
+                if not retryable(response.status_code):
+                    return read_answer(path, response)
+                last, problem = response, f"HTTP {response.status_code}"
+                delay = _retry_after(response) or backoff(attempt, cap_s=5.0)
             if attempt < self._retries:
                 log.warning("convex %s %s: %s; retrying in %.2fs", kind, path, problem, delay)
                 await asyncio.sleep(delay)
-        message = f"Convex at {self.url} unavailable ({problem}) for {path}"
-        if problem == "HTTP 429":  # the caller can wait as long as Convex asked
-            raise StoreRateLimited(math.ceil(delay), message)
-        raise StoreUnavailable(message)
+        if last is not None:  # the last answer's own error: StoreRateLimited or StoreUnavailable
+            return read_answer(path, last)
+        raise StoreUnavailable(f"Convex at {self.url} unavailable ({problem}) for {path}")
 
     async def _send(self, kind: Kind, payload: dict[str, Any]) -> httpx.Response:
         async with self._gate:
             return await self._client.post(f"/api/{kind}", json=payload)
-
-    def _result(self, path: str, response: httpx.Response) -> Any:
-        if response.status_code in (401, 403):
-            raise StoreAuthError(
-                f"Convex refused the deploy key (HTTP {response.status_code});"
-                " check CONVEX_DEPLOY_KEY"
-            )
-        try:
-            body = response.json()
-        except ValueError:
-            raise StoreUnavailable(
-                f"Convex answered {path} with HTTP {response.status_code}"
-                " and a body that is not JSON"
-            ) from None
-        if response.status_code != 200 or not isinstance(body, dict):
-            raise StoreMisconfigured(
-                f"Convex rejected the call to {path}: HTTP {response.status_code} {body}"
-            )
-        if body.get("status") == "success":
-            return decode(body.get("value"))
-        if body.get("status") == "error":
-            raise _error_from(path, body)
-        raise StoreUnavailable(
-            f"Convex answered {path} with an unknown status {body.get('status')!r}"
-        )
 
     async def check(self) -> None:
         """Fail fast when the deployment is unreachable, refuses the key or lacks functions."""
@@ -265,9 +367,7 @@ class ConvexStore(ConvexContainerOps, ConvexWorkOps):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    # -- jobs ------------------------------------------------------------------------------
-
-    async def create(self, job: NewJob, limit: RateLimit) -> str:
+    async def create(self, job: NewJob, limit: RateLimit | None) -> str:
         # The id is chosen here so that a create retried after a lost answer is recognisable.
         job_id = job.job_id or uuid.uuid4().hex
         args = {
@@ -278,8 +378,9 @@ class ConvexStore(ConvexContainerOps, ConvexWorkOps):
             "priority": job.priority,
             "estimatedDurationMinutes": job.estimated_duration_minutes,
             "jobId": job_id,
-            "maxJobs": limit.max_jobs,
-            "windowMs": limit.window_s * 1000,
+            "retryOf": job.retry_of,
+            "maxJobs": None if limit is None else limit.max_jobs,
+            "windowMs": None if limit is None else limit.window_s * 1000,
         }
         try:
             return str(await self._call("mutation", "bulkJobs:create", args))
@@ -350,17 +451,20 @@ class ConvexStore(ConvexContainerOps, ConvexWorkOps):
         stage: str,
         error_message: str,
         metadata: dict[str, Any] | None = None,
+        fatal: bool = True,
     ) -> None:
         args = {
             "jobId": job_id,
             "stage": str(stage),
             "errorMessage": error_message,
             "metadata": metadata,
+            "fatal": fatal,
         }
         await self._call("mutation", "bulkJobs:failStage", args)
 
-    async def add_export(self, export: Export) -> None:
+    async def add_export(self, export: Export, max_user_bytes: int | None = None) -> None:
         args = {
+            "maxUserBytes": max_user_bytes,
             "exportId": export.id,
             "jobId": export.job_id,
             "userId": export.user_id,
@@ -375,6 +479,9 @@ class ConvexStore(ConvexContainerOps, ConvexWorkOps):
         }
         await self._call("mutation", "bulkJobs:addExport", args)
 
+    async def get_user_export_bytes(self, user_id: str) -> int:
+        return int(await self._call("query", "bulkJobs:getUserExportBytes", {"userId": user_id}))
+
     async def remove_export(self, export_id: str) -> bool:
         return bool(await self._call("mutation", "bulkJobs:removeExport", {"exportId": export_id}))
 
@@ -385,15 +492,19 @@ class ConvexStore(ConvexContainerOps, ConvexWorkOps):
         job_types: list[str],
         limit: int = 1,
         job_id: str | None = None,
+        rules: ClaimRules | None = None,
     ) -> list[Job]:
         if not job_types or limit < 1:
             return []
+        rules = rules or ClaimRules()
         args = {
             "owner": owner,
             "leaseMs": lease_s * 1000,
             "jobTypes": job_types,
             "limit": min(limit, MAX_PAGE),
             "jobId": job_id,
+            "maxAttempts": rules.max_attempts,
+            "maxRunningPerUser": rules.max_running_per_user,
         }
         return [_job(doc) for doc in await self._call("mutation", "bulkJobs:claim", args)]
 
@@ -401,8 +512,9 @@ class ConvexStore(ConvexContainerOps, ConvexWorkOps):
         args = {"jobId": job_id, "owner": owner, "leaseMs": lease_s * 1000}
         return BulkJobStatus(await self._call("mutation", "bulkJobs:heartbeat", args))
 
-    async def release(self, job_id: str, owner: str) -> None:
-        await self._call("mutation", "bulkJobs:release", {"jobId": job_id, "owner": owner})
+    async def release(self, job_id: str, owner: str, failure: Failure | None = None) -> None:
+        args = {"jobId": job_id, "owner": owner} | failure_args(failure)
+        await self._call("mutation", "bulkJobs:release", args)
 
     async def get_job(self, job_id: str) -> Job | None:
         doc = await self._call("query", "bulkJobs:getJobInternal", {"jobId": job_id})
@@ -423,6 +535,12 @@ class ConvexStore(ConvexContainerOps, ConvexWorkOps):
         }
         docs = await self._call("query", "bulkJobs:getUserJobsInternal", args)
         return [_job(doc) for doc in docs]
+
+    async def get_job_ids_by_prefix(
+        self, prefix: str, user_id: str | None = None, limit: int = 10
+    ) -> list[str]:
+        args = {"prefix": prefix, "userId": user_id, "limit": limit}
+        return list(await self._call("query", "bulkJobs:getJobIdsByPrefix", args))
 
     async def get_user_recent_jobs(self, user_id: str, window_s: float) -> list[Job]:
         args = {"userId": user_id, "windowMs": window_s * 1000}
@@ -448,30 +566,19 @@ class ConvexStore(ConvexContainerOps, ConvexWorkOps):
             export_bytes=stats["exportBytes"],
         )
 
-    # -- tokens ----------------------------------------------------------------------------
-
-    async def create_token(self, token_hash: str, user_id: str, is_admin: bool, name: str) -> None:
-        args = {"tokenHash": token_hash, "userId": user_id, "isAdmin": is_admin, "name": name}
-        await self._call("mutation", "apiTokens:create", args)
-
-    async def get_token(self, token_hash: str) -> ApiToken | None:
-        doc = await self._call("query", "apiTokens:getByHash", {"tokenHash": token_hash})
-        if doc is None:
-            return None
-        return ApiToken(
-            user_id=doc["userId"],
-            is_admin=doc["isAdmin"],
-            name=doc["name"],
-            created_at=from_epoch(doc["createdAt"] / 1000),
+    async def delete_job(self, job_id: str, limit: int = 100) -> JobDeletion:
+        args = {"jobId": job_id, "limit": max(1, min(limit, 500))}
+        done = await self._call("mutation", "bulkJobs:deleteJob", args)
+        return JobDeletion(
+            done=done["done"],
+            container_jobs=done["containerJobs"],
+            stages=done["stages"],
+            exports=done["exports"],
         )
 
-    async def count_tokens(self) -> int:
-        return int(await self._call("query", "apiTokens:count", {}))
-
-
-def _backoff(attempt: int) -> float:
-    """Exponential backoff with full jitter, so many workers do not retry in step."""
-    return random.uniform(0, min(5.0, 0.1 * 2**attempt))
+    async def get_finished_before(self, before: datetime, limit: int = 100) -> list[str]:
+        args = {"before": _ms(before), "limit": max(1, min(limit, MAX_PAGE))}
+        return list(await self._call("query", "bulkJobs:getFinishedBefore", args))
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -15,15 +15,18 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
-from src.services.containers.models import (
+from src.services.domain import ClaimRules, Failure, from_epoch
+from src.services.domain.containers import (
+    DEFAULT_LOCAL_HOST,
+    MAX_HEALTH_FAILURES,
     ContainerJob,
     ContainerJobStatus,
+    ContainerQuota,
     EnvironmentVariableTemplate,
     ExecutorHost,
+    ExecutorType,
 )
-from src.services.domain import from_epoch
 from src.services.errors import InvalidInput
-from src.services.store.local_containers import DEFAULT_LOCAL_HOST
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -100,6 +103,27 @@ HOSTS = DocShape(ExecutorHost, "hostId")
 TEMPLATES = DocShape(EnvironmentVariableTemplate, "templateId")
 
 
+def failure_args(failure: Failure | None) -> dict[str, Any]:
+    """A failed attempt as the arguments of a release (bulkJobs:release, containerJobs:release)."""
+    if failure is None:
+        return {}
+    return {
+        "error": failure.error,
+        "retryInMs": failure.retry_in_s * 1000,
+        "maxAttempts": failure.max_attempts,
+    }
+
+
+def _quota_args(quota: ContainerQuota | None) -> dict[str, Any] | None:
+    """containerJobs:create*'s `quota` (absent fields, never null)."""
+    if quota is None:
+        return None
+    args: dict[str, Any] = {"maxUnfinished": quota.max_unfinished, "hold": quota.hold}
+    if quota.hold_id is not None:
+        args["holdId"] = quota.hold_id
+    return args
+
+
 def _errors(failures: list[dict[str, str]]) -> dict[str, str]:
     return {failure["jobId"]: failure["error"] for failure in failures}
 
@@ -118,18 +142,32 @@ class ConvexContainerOps:
         host = HOSTS.to_doc(ExecutorHost.model_validate(DEFAULT_LOCAL_HOST))
         await self._call("mutation", "executorHosts:ensureDefault", {"host": host})
 
-    # -- container jobs --------------------------------------------------------------------
+    async def container_create(
+        self, job: ContainerJob, quota: ContainerQuota | None = None
+    ) -> None:
+        args = {"job": JOBS.to_doc(job), "quota": _quota_args(quota)}
+        await self._call("mutation", "containerJobs:create", args)
 
-    async def container_create(self, job: ContainerJob) -> None:
-        await self._call("mutation", "containerJobs:create", {"job": JOBS.to_doc(job)})
-
-    async def container_create_batch(self, jobs: list[ContainerJob]) -> None:
+    async def container_create_batch(
+        self, jobs: list[ContainerJob], quota: ContainerQuota | None = None
+    ) -> None:
         # One mutation is one transaction; splitting a larger batch would lose atomicity.
         if len(jobs) > MAX_BATCH:
             raise InvalidInput("jobs", f"at most {MAX_BATCH} container jobs per batch")
         if jobs:
             docs = [JOBS.to_doc(job) for job in jobs]
-            await self._call("mutation", "containerJobs:createBatch", {"jobs": docs})
+            args = {"jobs": docs, "quota": _quota_args(quota)}
+            await self._call("mutation", "containerJobs:createBatch", args)
+
+    async def container_create_copies(
+        self, job: ContainerJob, job_ids: list[str], quota: ContainerQuota | None = None
+    ) -> None:
+        if len(job_ids) > MAX_BATCH:
+            raise InvalidInput("job_ids", f"at most {MAX_BATCH} container jobs per batch")
+        if job_ids:
+            doc = JOBS.to_doc(job)
+            args = {"job": doc, "jobIds": job_ids, "quota": _quota_args(quota)}
+            await self._call("mutation", "containerJobs:createCopies", args)
 
     async def container_get(self, job_id: str) -> ContainerJob | None:
         doc = await self._call("query", "containerJobs:get", {"jobId": job_id})
@@ -142,6 +180,12 @@ class ConvexContainerOps:
             docs = await self._call("query", "containerJobs:getMany", args)
             found.extend(JOBS.from_doc(doc) for doc in docs)
         return found
+
+    async def container_get_ids_by_prefix(
+        self, prefix: str, created_by: str | None = None, limit: int = 10
+    ) -> list[str]:
+        args = {"prefix": prefix, "createdBy": created_by, "limit": limit}
+        return list(await self._call("query", "containerJobs:getIdsByPrefix", args))
 
     async def container_list(
         self,
@@ -160,8 +204,22 @@ class ConvexContainerOps:
         }
         return [JOBS.from_doc(doc) for doc in await self._call("query", "containerJobs:list", args)]
 
-    async def container_claim(self, owner: str, lease_s: float, limit: int) -> list[ContainerJob]:
-        args = {"owner": owner, "leaseMs": lease_s * 1000, "limit": max(1, min(limit, MAX_CLAIM))}
+    async def container_claim(
+        self,
+        owner: str,
+        lease_s: float,
+        limit: int,
+        bulk_job_id: str | None = None,
+        rules: ClaimRules | None = None,
+    ) -> list[ContainerJob]:
+        args = {
+            "owner": owner,
+            "leaseMs": lease_s * 1000,
+            "limit": max(1, min(limit, MAX_CLAIM)),
+            "maxAttempts": (rules or ClaimRules()).max_attempts,
+        }
+        if bulk_job_id is not None:
+            args["bulkJobId"] = bulk_job_id
         docs = await self._call("mutation", "containerJobs:claim", args)
         return [JOBS.from_doc(doc) for doc in docs]
 
@@ -185,7 +243,7 @@ class ConvexContainerOps:
         return [JOBS.from_doc(doc) for doc in result["updated"]], _errors(result["errors"])
 
     async def container_migrate(
-        self, job_ids: list[str], host_id: str, executor_type: str
+        self, job_ids: list[str], host_id: str, executor_type: ExecutorType
     ) -> tuple[list[str], dict[str, str]]:
         args = {"jobIds": job_ids, "hostId": host_id, "executorType": executor_type}
         result = await self._call("mutation", "containerJobs:migrate", args)
@@ -204,15 +262,15 @@ class ConvexContainerOps:
         args = {"jobId": job_id, "owner": owner, "leaseMs": lease_s * 1000}
         return str(await self._call("mutation", "containerJobs:heartbeat", args))
 
-    async def container_release(self, job_id: str, owner: str) -> None:
-        args = {"jobId": job_id, "owner": owner}
-        await self._call("mutation", "containerJobs:release", args)
+    async def container_release(
+        self, job_id: str, owner: str, failure: Failure | None = None
+    ) -> str:
+        args = {"jobId": job_id, "owner": owner} | failure_args(failure)
+        return str(await self._call("mutation", "containerJobs:release", args))
 
     async def container_remove(self, job_ids: list[str], force: bool = False) -> list[str]:
         args = {"jobIds": job_ids, "force": force}
         return list(await self._call("mutation", "containerJobs:remove", args))
-
-    # -- hosts -----------------------------------------------------------------------------
 
     async def host_create(self, host: ExecutorHost) -> None:
         await self._call("mutation", "executorHosts:create", {"host": HOSTS.to_doc(host)})
@@ -237,11 +295,28 @@ class ConvexContainerOps:
         args = {"hostId": host_id, "delta": 1 if delta > 0 else -1}
         return HOSTS.from_doc(await self._call("mutation", "executorHosts:adjustCount", args))
 
-    async def host_record_health(self, host_id: str, healthy: bool) -> ExecutorHost:
-        args = {"hostId": host_id, "healthy": healthy}
+    async def host_record_health(
+        self,
+        host_id: str,
+        healthy: bool,
+        error: str | None = None,
+        threshold: int = MAX_HEALTH_FAILURES,
+        probe: bool = True,
+    ) -> ExecutorHost:
+        args: dict[str, Any] = {
+            "hostId": host_id,
+            "healthy": healthy,
+            "threshold": max(1, threshold),
+            "probe": probe,
+        }
+        if error is not None:
+            args["error"] = error
         return HOSTS.from_doc(await self._call("mutation", "executorHosts:recordHealth", args))
 
-    # -- templates -------------------------------------------------------------------------
+    async def host_claim_probes(self, interval_s: float, limit: int) -> list[ExecutorHost]:
+        args = {"intervalMs": interval_s * 1000, "limit": max(1, min(limit, MAX_LIST))}
+        docs = await self._call("mutation", "executorHosts:claimProbes", args)
+        return [HOSTS.from_doc(doc) for doc in docs]
 
     async def template_create(self, template: EnvironmentVariableTemplate) -> None:
         args = {"template": TEMPLATES.to_doc(template)}

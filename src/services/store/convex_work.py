@@ -7,14 +7,14 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from src.services.errors import InvalidInput
-from src.services.worker.models import (
+from src.services.domain.work import (
     MAX_WORK_BATCH,
     NewWorkItem,
     ReportAck,
     WorkItem,
     WorkReport,
 )
+from src.services.errors import InvalidInput
 
 
 def _seconds(ms: float | None) -> float | None:

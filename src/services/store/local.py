@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,29 +24,47 @@ import orjson
 
 from src.services.domain import (
     ACTIVE_JOB_STATUSES,
+    DIED,
     JOB_TRANSITIONS,
     STAGE_TRANSITIONS,
     TERMINAL_JOB_STATUSES,
-    ApiToken,
+    TERMINAL_STAGE_STATUSES,
     BulkJobStatus,
+    ClaimRules,
     Export,
+    Failure,
     Job,
+    JobDeletion,
     JobStats,
     NewJob,
     RateLimit,
     Stage,
     StageStatus,
     from_epoch,
+    gave_up,
+    job_status_for_stage,
+    take_turns,
     to_datetime,
 )
-from src.services.errors import Conflict, NotFound, RateLimited, StoreUnavailable
+from src.services.domain.webhooks import JOB_END_EVENTS, iso_time
+from src.services.errors import (
+    Conflict,
+    ExportQuotaExceeded,
+    NotFound,
+    RateLimited,
+    StoreUnavailable,
+)
 from src.services.metrics import StoreTimer
 from src.services.store.base import MAX_PAGE
 from src.services.store.local_containers import (
     CONTAINER_SCHEMA,
     LocalContainerOps,
     ensure_default_host,
+    remove_container_jobs,
 )
+from src.services.store.local_ids import ids_by_prefix
+from src.services.store.local_tokens import TOKEN_COLUMNS, TOKEN_SCHEMA, LocalTokenOps
+from src.services.store.local_webhooks import WEBHOOK_SCHEMA, LocalWebhookOps, emit_event
 from src.services.store.local_work import WORK_SCHEMA, LocalWorkOps
 
 T = TypeVar("T")
@@ -71,10 +90,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     completed_at REAL,
     lease_owner TEXT,
     lease_expires_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    current_stage TEXT,
+    last_error TEXT,
+    retry_of TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_user_and_created ON jobs(user_id, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_user_and_id ON jobs(user_id, id);
 CREATE INDEX IF NOT EXISTS jobs_by_status_and_rank ON jobs(status, priority_rank, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_status_user_and_rank
+    ON jobs(status, user_id, priority_rank, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_lease ON jobs(lease_expires_at);
+CREATE INDEX IF NOT EXISTS jobs_by_completed ON jobs(completed_at);
 CREATE TABLE IF NOT EXISTS stages (
     job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
     name TEXT NOT NULL,
@@ -105,14 +132,35 @@ CREATE TABLE IF NOT EXISTS exports (
 );
 CREATE INDEX IF NOT EXISTS exports_by_expires ON exports(expires_at);
 CREATE INDEX IF NOT EXISTS exports_by_job ON exports(job_id);
-CREATE TABLE IF NOT EXISTS api_tokens (
-    token_hash TEXT PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    is_admin INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
+CREATE INDEX IF NOT EXISTS exports_by_user_and_expires ON exports(user_id, expires_at);
 """
+
+#: Columns added after a table's first release: (table, column, declaration). A file made by
+#: an older version gets them on open, so upgrading keeps the data.
+ADDED_COLUMNS = [
+    ("jobs", "current_stage", "TEXT"),
+    ("jobs", "last_error", "TEXT"),
+    *TOKEN_COLUMNS,
+    ("jobs", "retry_of", "TEXT"),
+]
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    # One write transaction, so that two connections opening at once never both add one.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, column, declaration in ADDED_COLUMNS:
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+ACTIVE_SQL = "('initializing', 'processing', 'exporting')"
+TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
 
 
 def _dumps(value: Any) -> str:
@@ -129,9 +177,9 @@ def _clamp(value: float) -> float:
     return min(1.0, max(0.0, value))
 
 
-class LocalStore(LocalContainerOps, LocalWorkOps):
-    """SQLite-backed Store, ContainerStore and WorkStore. Safe to share between tasks; one per
-    file."""
+class LocalStore(LocalContainerOps, LocalWorkOps, LocalTokenOps, LocalWebhookOps):
+    """SQLite-backed Store, ContainerStore, WorkStore and WebhookStore. Safe to share between
+    tasks; one per file."""
 
     def __init__(self, path: Path | str, clock: Clock = time.time) -> None:
         self.path = Path(path)
@@ -141,8 +189,6 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
-
-    # -- plumbing -------------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -160,7 +206,8 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
-        conn.executescript(SCHEMA + CONTAINER_SCHEMA + WORK_SCHEMA)
+        conn.executescript(SCHEMA + CONTAINER_SCHEMA + WORK_SCHEMA + TOKEN_SCHEMA + WEBHOOK_SCHEMA)
+        _add_missing_columns(conn)
         with self._conns_lock:
             self._conns.append(conn)
         return conn
@@ -228,20 +275,19 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    # -- jobs ------------------------------------------------------------------------------
-
-    async def create(self, job: NewJob, limit: RateLimit) -> str:
+    async def create(self, job: NewJob, limit: RateLimit | None) -> str:
         return await self._run(self._create, job, limit)
 
-    def _create(self, conn: sqlite3.Connection, job: NewJob, limit: RateLimit) -> str:
+    def _create(self, conn: sqlite3.Connection, job: NewJob, limit: RateLimit | None) -> str:
         now = self._clock()
-        self._check_rate_limit(conn, job.user_id, limit, now)
+        if limit is not None:
+            self._check_rate_limit(conn, job.user_id, limit, now)
         job_id = job.job_id or uuid.uuid4().hex
         try:
             conn.execute(
                 "INSERT INTO jobs (id, job_type, user_id, status, priority, priority_rank,"
-                " job_data, estimated_duration_minutes, created_at, updated_at)"
-                " VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                " job_data, estimated_duration_minutes, created_at, updated_at, retry_of)"
+                " VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     job.job_type,
@@ -252,6 +298,7 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
                     job.estimated_duration_minutes,
                     now,
                     now,
+                    job.retry_of,
                 ),
             )
         except sqlite3.IntegrityError:
@@ -260,6 +307,8 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
             "INSERT INTO stages (job_id, name, idx, status) VALUES (?, ?, ?, 'pending')",
             [(job_id, name, index) for index, name in enumerate(job.stages)],
         )
+        data = {"job_id": job_id, "job_type": job.job_type, "user_id": job.user_id}
+        emit_event(conn, now, "job.created", job.user_id, data | {"status": "pending"})
         return job_id
 
     def _check_rate_limit(
@@ -319,6 +368,8 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
                 job_id,
             ),
         )
+        if status in JOB_END_EVENTS and status != current:
+            _emit_job_end(conn, row, status, error_message or row["error_message"], now)
 
     def _job_row(self, conn: sqlite3.Connection, job_id: str) -> sqlite3.Row:
         row: sqlite3.Row | None = conn.execute(
@@ -327,8 +378,6 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
         if row is None:
             raise NotFound(f"job {job_id} not found")
         return row
-
-    # -- stages ----------------------------------------------------------------------------
 
     def _stage_row(
         self, conn: sqlite3.Connection, job_id: str, stage: str
@@ -364,7 +413,12 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
             " WHERE job_id = ? AND name = ?",
             (items_total, now, restart, job_id, stage),
         )
-        conn.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (now, job_id))
+        # The job follows its stage: initializing, processing or exporting, by the stage.
+        conn.execute(
+            "UPDATE jobs SET status = ?, current_stage = ?, started_at = COALESCE(started_at, ?),"
+            " updated_at = ? WHERE id = ?",
+            (job_status_for_stage(stage).value, stage, now, now, job_id),
+        )
 
     async def update_stage_progress(
         self,
@@ -440,6 +494,7 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
         stage: str,
         error_message: str,
         metadata: dict[str, Any] | None = None,
+        fatal: bool = True,
     ) -> None:
         await self._run(
             self._finish_stage,
@@ -449,6 +504,7 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
             (None, None),
             metadata,
             error_message,
+            fatal,
         )
 
     def _finish_stage(
@@ -460,6 +516,7 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
         counts: tuple[int | None, int | None],
         metadata: dict[str, Any] | None,
         error_message: str | None,
+        fatal: bool = False,
     ) -> None:
         job, row = self._stage_row(conn, job_id, stage)
         self._check_stage_move(job, row, target)
@@ -473,9 +530,26 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
             " error_message = COALESCE(?, error_message) WHERE job_id = ? AND name = ?",
             (target.value, progress, now, *counts, _dumps(merged), error_message, job_id, stage),
         )
-        conn.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (now, job_id))
+        _emit_stage_end(conn, job, row, target, counts, error_message, now)
+        self._follow_stages(conn, job_id, stage, error_message if fatal else None)
 
-    # -- leases ----------------------------------------------------------------------------
+    def _follow_stages(
+        self, conn: sqlite3.Connection, job_id: str, stage: str, fatal_error: str | None
+    ) -> None:
+        """The job after a stage ended: failed by a fatal stage failure, completed once no
+        stage is left to run, else still running."""
+        if fatal_error is not None:
+            conn.execute("UPDATE jobs SET current_stage = ? WHERE id = ?", (stage, job_id))
+            self._update_status(conn, job_id, BulkJobStatus.FAILED, None, fatal_error)
+            return
+        unfinished = conn.execute(
+            "SELECT COUNT(*) FROM stages WHERE job_id = ? AND status NOT IN (?, ?, ?)",
+            (job_id, *TERMINAL_STAGE_STATUSES),
+        ).fetchone()[0]
+        if unfinished == 0:
+            self._update_status(conn, job_id, BulkJobStatus.COMPLETED, None, None)
+        else:
+            conn.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (self._clock(), job_id))
 
     async def claim(
         self,
@@ -484,32 +558,29 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
         job_types: list[str],
         limit: int = 1,
         job_id: str | None = None,
+        rules: ClaimRules | None = None,
     ) -> list[Job]:
         if not job_types or limit < 1:
             return []
-        return await self._run(self._claim, owner, lease_s, job_types, min(limit, MAX_PAGE), job_id)
+        rules = rules or ClaimRules()
+        return await self._run(
+            self._claim, owner, lease_s, _JobFilter(job_types, job_id), min(limit, MAX_PAGE), rules
+        )
 
     def _claim(
         self,
         conn: sqlite3.Connection,
         owner: str,
         lease_s: float,
-        job_types: list[str],
+        wanted: _JobFilter,
         limit: int,
-        job_id: str | None,
+        rules: ClaimRules,
     ) -> list[Job]:
         now = self._clock()
-        types = ",".join("?" * len(job_types))
-        only = " AND id = ?" if job_id else ""
-        rows = conn.execute(
-            f"SELECT id FROM jobs WHERE job_type IN ({types}){only} AND ("  # only placeholders
-            " (status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < ?))"
-            " OR (status IN ('initializing', 'processing', 'exporting')"
-            " AND lease_expires_at IS NOT NULL AND lease_expires_at < ?))"
-            " ORDER BY priority_rank, created_at LIMIT ?",
-            (*job_types, *([job_id] if job_id else []), now, now, limit),
-        ).fetchall()
-        ids = [row["id"] for row in rows]
+        _give_up_jobs(conn, wanted, now, rules.max_attempts)
+        ids = _expired_jobs(conn, wanted, now, limit)
+        if len(ids) < limit:
+            ids += _fair_pending_jobs(conn, wanted, now, limit - len(ids), rules)
         conn.executemany(
             "UPDATE jobs SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1,"
             " updated_at = ? WHERE id = ?",
@@ -534,20 +605,32 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
         )
         return status
 
-    async def release(self, job_id: str, owner: str) -> None:
-        await self._run(self._release, job_id, owner)
+    async def release(self, job_id: str, owner: str, failure: Failure | None = None) -> None:
+        await self._run(self._release, job_id, owner, failure)
 
-    def _release(self, conn: sqlite3.Connection, job_id: str, owner: str) -> None:
-        # An expiry in the past (not NULL) keeps an unfinished job claimable at once;
-        # NULL would mark it as driven by hand.
-        conn.execute(
-            "UPDATE jobs SET lease_owner = NULL,"
-            " lease_expires_at = CASE WHEN completed_at IS NULL THEN 0 ELSE NULL END"
-            " WHERE id = ? AND lease_owner = ?",
-            (job_id, owner),
-        )
-
-    # -- reads -----------------------------------------------------------------------------
+    def _release(
+        self, conn: sqlite3.Connection, job_id: str, owner: str, failure: Failure | None
+    ) -> None:
+        row = conn.execute(
+            "SELECT lease_owner, attempts, completed_at FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if row is None or row["lease_owner"] != owner:
+            return
+        now = self._clock()
+        values: tuple[Any, ...] = ()
+        if row["completed_at"] is not None:
+            sql = "lease_owner = NULL, lease_expires_at = NULL"
+        elif failure is None:
+            # An expiry in the past (not NULL) keeps the job claimable at once; NULL would
+            # mark it as driven by hand. A hand-back is not an attempt.
+            sql = "lease_owner = NULL, lease_expires_at = 0, attempts = MAX(0, attempts - 1)"
+        elif row["attempts"] >= failure.max_attempts:
+            _fail_for_good(conn, job_id, gave_up(row["attempts"], failure.error), now)
+            return
+        else:
+            sql = "lease_owner = NULL, lease_expires_at = ?, last_error = ?"
+            values = (now + max(0.0, failure.retry_in_s), failure.error)
+        conn.execute(f"UPDATE jobs SET {sql}, updated_at = ? WHERE id = ?", (*values, now, job_id))
 
     async def get_job(self, job_id: str) -> Job | None:
         return await self._read(self._get_job, job_id)
@@ -593,6 +676,11 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
         ).fetchall()
         return [self._load_job(conn, row["id"]) for row in rows]
 
+    async def get_job_ids_by_prefix(
+        self, prefix: str, user_id: str | None = None, limit: int = 10
+    ) -> list[str]:
+        return await self._read(ids_by_prefix, "jobs", "user_id", prefix, user_id, limit)
+
     async def get_user_recent_jobs(self, user_id: str, window_s: float) -> list[Job]:
         return await self._read(self._get_user_recent_jobs, user_id, window_s)
 
@@ -623,16 +711,27 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
             export_bytes=size,
         )
 
-    # -- exports ---------------------------------------------------------------------------
+    async def add_export(self, export: Export, max_user_bytes: int | None = None) -> None:
+        await self._run(self._add_export, export, max_user_bytes)
 
-    async def add_export(self, export: Export) -> None:
-        await self._run(self._add_export, export)
-
-    def _add_export(self, conn: sqlite3.Connection, export: Export) -> None:
+    def _add_export(
+        self, conn: sqlite3.Connection, export: Export, max_user_bytes: int | None
+    ) -> None:
+        """Idempotent by id (a resumed stage registers its export again): the record is
+        replaced, never doubled; an id of another job's export is a Conflict."""
         self._job_row(conn, export.job_id)
+        row = conn.execute("SELECT job_id FROM exports WHERE id = ?", (export.id,)).fetchone()
+        if row is not None and row[0] != export.job_id:
+            raise Conflict(f"export {export.id} belongs to another job")
+        if max_user_bytes is not None:
+            held = self._export_bytes(conn, export.user_id, export.id)
+            if held + export.size_bytes > max_user_bytes:
+                raise ExportQuotaExceeded(export.user_id, max_user_bytes, held, export.size_bytes)
+        if row is None:  # a resumed stage registering its export again sends no second event
+            _emit_export_ready(conn, export, self._clock())
         conn.execute(
-            "INSERT INTO exports (id, job_id, user_id, format, filename, relative_path,"
-            " content_type, size_bytes, sha256, created_at, expires_at)"
+            "INSERT OR REPLACE INTO exports (id, job_id, user_id, format, filename,"
+            " relative_path, content_type, size_bytes, sha256, created_at, expires_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 export.id,
@@ -648,6 +747,19 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
                 export.expires_at.timestamp(),
             ),
         )
+
+    async def get_user_export_bytes(self, user_id: str) -> int:
+        return await self._read(self._export_bytes, user_id, None)
+
+    def _export_bytes(self, conn: sqlite3.Connection, user_id: str, but: str | None) -> int:
+        """Bytes of the user's unexpired exports, leaving out the export `but` (the record
+        that a registration replaces)."""
+        row = conn.execute(
+            "SELECT COALESCE(SUM(size_bytes), 0) FROM exports"
+            " WHERE user_id = ? AND expires_at > ? AND id IS NOT ?",
+            (user_id, self._clock(), but),
+        ).fetchone()
+        return int(row[0])
 
     async def remove_export(self, export_id: str) -> bool:
         return await self._run(self._remove_export, export_id)
@@ -672,43 +784,41 @@ class LocalStore(LocalContainerOps, LocalWorkOps):
         ).fetchall()
         return [_export_from_row(row) for row in rows]
 
-    # -- tokens ----------------------------------------------------------------------------
+    async def delete_job(self, job_id: str, limit: int = 100) -> JobDeletion:
+        return await self._run(self._delete_job, job_id, max(1, min(limit, 500)))
 
-    async def create_token(self, token_hash: str, user_id: str, is_admin: bool, name: str) -> None:
-        await self._run(self._create_token, token_hash, user_id, is_admin, name)
+    def _delete_job(self, conn: sqlite3.Connection, job_id: str, limit: int) -> JobDeletion:
+        _check_deletable(self._job_row(conn, job_id), self._clock())
+        children = conn.execute(
+            "SELECT id FROM container_jobs WHERE bulk_job_id = ? LIMIT ?", (job_id, limit + 1)
+        ).fetchall()
+        batch = [row["id"] for row in children[:limit]]
+        removed = len(remove_container_jobs(conn, batch, True))
+        if len(children) > limit:  # more are left: the job goes on a later call
+            return JobDeletion(done=False, container_jobs=removed)
+        exports = conn.execute(
+            "DELETE FROM exports WHERE id IN (SELECT id FROM exports WHERE job_id = ? LIMIT ?)",
+            (job_id, limit),
+        ).rowcount
+        if exports == limit:
+            return JobDeletion(done=False, container_jobs=removed, exports=exports)
+        stages = conn.execute("DELETE FROM stages WHERE job_id = ?", (job_id,)).rowcount
+        conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return JobDeletion(done=True, container_jobs=removed, stages=stages, exports=exports)
 
-    def _create_token(
-        self, conn: sqlite3.Connection, token_hash: str, user_id: str, is_admin: bool, name: str
-    ) -> None:
-        try:
-            conn.execute(
-                "INSERT INTO api_tokens (token_hash, user_id, is_admin, name, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (token_hash, user_id, int(is_admin), name, self._clock()),
-            )
-        except sqlite3.IntegrityError:
-            raise Conflict("a token with this hash already exists") from None
+    async def get_finished_before(self, before: datetime, limit: int = 100) -> list[str]:
+        limit = max(1, min(limit, MAX_PAGE))
+        return await self._read(self._get_finished_before, before.timestamp(), limit)
 
-    async def get_token(self, token_hash: str) -> ApiToken | None:
-        return await self._read(self._get_token, token_hash)
-
-    def _get_token(self, conn: sqlite3.Connection, token_hash: str) -> ApiToken | None:
-        row = conn.execute(
-            "SELECT * FROM api_tokens WHERE token_hash = ?", (token_hash,)
-        ).fetchone()
-        if row is None:
-            return None
-        return ApiToken(
-            user_id=row["user_id"],
-            is_admin=bool(row["is_admin"]),
-            name=row["name"],
-            created_at=from_epoch(row["created_at"]),
-        )
-
-    async def count_tokens(self) -> int:
-        return await self._run(
-            lambda conn: int(conn.execute("SELECT COUNT(*) FROM api_tokens").fetchone()[0])
-        )
+    def _get_finished_before(
+        self, conn: sqlite3.Connection, before: float, limit: int
+    ) -> list[str]:
+        rows = conn.execute(
+            f"SELECT id FROM jobs WHERE completed_at < ? AND status IN {TERMINAL_SQL}"
+            " ORDER BY completed_at LIMIT ?",
+            (before, limit),
+        ).fetchall()
+        return [row["id"] for row in rows]
 
 
 # Rows were validated on the way in, so they are rebuilt without validating again
@@ -765,9 +875,172 @@ def _job_from_rows(row: sqlite3.Row, stages: list[sqlite3.Row], exports: list[sq
         lease_owner=row["lease_owner"],
         lease_expires_at=to_datetime(row["lease_expires_at"]),
         attempts=row["attempts"],
+        current_stage=row["current_stage"],
+        last_error=row["last_error"],
+        retry_of=row["retry_of"],
         stages=[_stage_from_row(stage) for stage in stages],
         exports=[_export_from_row(export) for export in exports],
     )
+
+
+class _JobFilter:
+    """Which jobs a claim may take: these types, or only the one job `job_id`."""
+
+    def __init__(self, job_types: list[str], job_id: str | None) -> None:
+        marks = ",".join("?" * len(job_types))
+        self.sql = f"job_type IN ({marks})" + (" AND id = ?" if job_id else "")
+        self.values: tuple[str, ...] = (*job_types, *([job_id] if job_id else []))
+
+
+def _give_up_jobs(
+    conn: sqlite3.Connection, wanted: _JobFilter, now: float, max_attempts: int
+) -> None:
+    """Fail the unfinished jobs whose runner died holding them (its lease expired with the
+    owner still set) after they used `max_attempts` claims."""
+    rows = conn.execute(
+        f"SELECT id, attempts, last_error FROM jobs WHERE {wanted.sql}"  # placeholders only
+        " AND completed_at IS NULL AND lease_owner IS NOT NULL AND lease_expires_at < ?"
+        " AND attempts >= ? LIMIT ?",
+        (*wanted.values, now, max_attempts, MAX_PAGE),
+    ).fetchall()
+    for row in rows:
+        _fail_for_good(conn, row["id"], gave_up(row["attempts"], row["last_error"] or DIED), now)
+
+
+def _fail_for_good(conn: sqlite3.Connection, job_id: str, message: str, now: float) -> None:
+    conn.execute(
+        "UPDATE jobs SET status = 'failed', error_message = ?, last_error = ?,"
+        " completed_at = ?, updated_at = ?, lease_owner = NULL, lease_expires_at = NULL"
+        " WHERE id = ?",
+        (message, message, now, now, job_id),
+    )
+    row = conn.execute("SELECT id, job_type, user_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    _emit_job_end(conn, row, BulkJobStatus.FAILED, message, now)
+
+
+# Webhook events, written in the transaction of the change they report (see local_webhooks).
+
+
+def _emit_job_end(
+    conn: sqlite3.Connection,
+    job: sqlite3.Row,
+    status: BulkJobStatus,
+    error_message: str | None,
+    now: float,
+) -> None:
+    data: dict[str, Any] = {
+        "job_id": job["id"],
+        "job_type": job["job_type"],
+        "user_id": job["user_id"],
+        "status": status.value,
+    }
+    if status != BulkJobStatus.COMPLETED and error_message:
+        data["error_message"] = error_message
+    emit_event(conn, now, JOB_END_EVENTS[status.value], job["user_id"], data)
+
+
+def _emit_stage_end(
+    conn: sqlite3.Connection,
+    job: sqlite3.Row,
+    stage: sqlite3.Row,
+    target: StageStatus,
+    counts: tuple[int | None, int | None],
+    error_message: str | None,
+    now: float,
+) -> None:
+    completed, failed = counts
+    data: dict[str, Any] = {
+        "job_id": job["id"],
+        "job_type": job["job_type"],
+        "user_id": job["user_id"],
+        "stage": stage["name"],
+        "status": target.value,
+        "items_completed": stage["items_completed"] if completed is None else completed,
+        "items_failed": stage["items_failed"] if failed is None else failed,
+    }
+    if target == StageStatus.FAILED:
+        data["error_message"] = error_message or stage["error_message"]
+    kind = "job.stage_completed" if target == StageStatus.COMPLETED else "job.stage_failed"
+    emit_event(conn, now, kind, job["user_id"], data)
+
+
+def _emit_export_ready(conn: sqlite3.Connection, export: Export, now: float) -> None:
+    data = {
+        "export_id": export.id,
+        "job_id": export.job_id,
+        "user_id": export.user_id,
+        "format": export.format,
+        "filename": export.filename,
+        "size_bytes": export.size_bytes,
+        "sha256": export.sha256,
+        "expires_at": iso_time(export.expires_at.timestamp()),
+    }
+    emit_event(conn, now, "export.ready", export.user_id, data)
+
+
+def _expired_jobs(
+    conn: sqlite3.Connection, wanted: _JobFilter, now: float, limit: int
+) -> list[str]:
+    """Running jobs whose runner stopped heartbeating (0: handed back), oldest expiry first."""
+    rows = conn.execute(
+        f"SELECT id FROM jobs WHERE {wanted.sql} AND status IN {ACTIVE_SQL}"  # placeholders
+        " AND lease_expires_at IS NOT NULL AND lease_expires_at < ?"
+        " ORDER BY lease_expires_at LIMIT ?",
+        (*wanted.values, now, limit),
+    ).fetchall()
+    return [row["id"] for row in rows]
+
+
+def _fair_pending_jobs(
+    conn: sqlite3.Connection, wanted: _JobFilter, now: float, limit: int, rules: ClaimRules
+) -> list[str]:
+    """Pending jobs, users taking turns: one job per waiting user per round, users with fewer
+    running jobs first (then by their best waiting job); users at the cap wait."""
+    waiting = (
+        f"status = 'pending' AND {wanted.sql}"
+        " AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
+    )
+    heads = conn.execute(
+        f"SELECT user_id, MIN(priority_rank) AS rank, MIN(created_at) AS oldest FROM jobs"
+        f" WHERE {waiting} GROUP BY user_id",  # placeholders only
+        (*wanted.values, now),
+    ).fetchall()
+    if not heads:
+        return []
+    running = _running_by_user(conn, now)
+    cap = rules.max_running_per_user
+    order = sorted(heads, key=lambda row: (running.get(row[0], 0), row[1], row[2], row[0]))
+    queues: list[list[str]] = []
+    for row in order[:limit]:
+        room = limit if cap is None else min(limit, cap - running.get(row[0], 0))
+        if room <= 0:
+            continue
+        found = conn.execute(
+            f"SELECT id FROM jobs WHERE {waiting} AND user_id = ?"  # placeholders only
+            " ORDER BY priority_rank, created_at LIMIT ?",
+            (*wanted.values, now, row[0], room),
+        ).fetchall()
+        queues.append([job["id"] for job in found])
+    return take_turns(queues, limit)
+
+
+def _running_by_user(conn: sqlite3.Connection, now: float) -> dict[str, int]:
+    """Unfinished jobs a runner holds now, by user (jobs driven by hand hold no lease and do
+    not count; nor do jobs whose runner died)."""
+    rows = conn.execute(
+        "SELECT user_id, COUNT(*) FROM jobs WHERE lease_expires_at >= ?"
+        " AND lease_owner IS NOT NULL AND completed_at IS NULL GROUP BY user_id",
+        (now,),
+    )
+    return {user: count for user, count in rows}
+
+
+def _check_deletable(row: sqlite3.Row, now: float) -> None:
+    """Conflict, saying why, unless the job has finished and no runner holds it."""
+    if BulkJobStatus(row["status"]) not in TERMINAL_JOB_STATUSES:
+        raise Conflict(f"job {row['id']} is {row['status']}: cancel it first, then delete it")
+    if row["lease_owner"] is not None and (row["lease_expires_at"] or 0) > now:
+        raise Conflict(f"job {row['id']} is still stopping (its runner holds it); try again soon")
 
 
 def _operation(fn: Callable[..., Any]) -> str:

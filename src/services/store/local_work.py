@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from src.services.errors import Conflict, InvalidInput
-from src.services.worker.models import (
+from src.services.domain.work import (
     MAX_WORK_BATCH,
     NewWorkItem,
     ReportAck,
     WorkItem,
     WorkReport,
 )
+from src.services.errors import Conflict, InvalidInput
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ Application code registers operations (see registry.py) and enqueues work for th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from src.services.bulk_job_manager import BulkJobManager
@@ -25,11 +25,10 @@ async def enqueue(
     """Add one work item for `operation`; a chosen `item_id` makes a retried enqueue safe."""
     # Imported here: the store package imports this package's models.
     from src.services.bulk_job_manager import bulk_job_manager
+    from src.services.domain.work import NewWorkItem
     from src.services.errors import Conflict
-    from src.services.store.base import WorkStore
-    from src.services.worker.models import NewWorkItem
 
-    store = cast(WorkStore, await (manager or bulk_job_manager).store())
+    store = await (manager or bulk_job_manager).store()
     try:
         (created,) = await store.work_enqueue_batch([NewWorkItem(operation, payload, item_id)])
     except Conflict:

@@ -28,13 +28,13 @@ from typing import Any
 
 import orjson
 
+from src.services.domain.work import ReportAck, WorkReport
 from src.services.errors import (
     BulkJobError,
     RateLimited,
     StoreAuthError,
     StoreUnavailable,
 )
-from src.services.worker.models import ReportAck, WorkReport
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,6 @@ class Outbox:
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._lock = asyncio.Lock()
-
-    # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Lock the file and load what an earlier run left in it."""
@@ -123,8 +121,6 @@ class Outbox:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    # -- reading ---------------------------------------------------------------------------
-
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -146,8 +142,6 @@ class Outbox:
         log.error(
             "outbox %s: %d corrupt lines moved to %s", self.path, len(lines), self.corrupt_path
         )
-
-    # -- writing ---------------------------------------------------------------------------
 
     async def append(self, reports: list[WorkReport]) -> None:
         """Keep `reports` on disk; returns only once they are fsynced."""

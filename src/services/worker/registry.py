@@ -1,4 +1,4 @@
-"""Operations a worker can run: application handlers for work items, and sources of other
+"""Operations a worker can run: application handlers for work items, and job sources of other
 kinds of work (bulk jobs, container jobs) that the scheduler claims from their own tables.
 
     from src.services.worker.registry import operations
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from src.services.worker.models import Outcome, WorkItem
+from src.services.domain.work import Outcome, WorkItem
 
 #: Largest result a work item may report (Convex documents are at most 1 MiB).
 MAX_RESULT_BYTES = 256 * 1024
@@ -51,18 +51,28 @@ class Operation:
 
 @dataclass(frozen=True)
 class Claim:
-    """A unit of work from a Source; `run` carries it to its end, renewing its own lease,
-    writing its own state and handing the lease back when it stops, finished or not."""
+    """One claimed item of a JobSource. `run` carries it to its end: it renews the item's
+    lease while it works, writes the item's state, and hands the lease back when it stops,
+    finished or not (a failure as a failed attempt of the item's attempt budget)."""
 
-    operation: str
+    kind: str
     item_id: str
     run: Callable[[], Awaitable[None]]
 
 
-class Source(Protocol):
-    """A kind of work kept in its own table (bulk jobs, container jobs)."""
+class JobSource(Protocol):
+    """A kind of work the Scheduler claims, kept in its own table: bulk jobs, container
+    jobs, and later kinds (webhook deliveries). Adding a kind is one class with these two
+    members and one `OperationRegistry.add_source` call.
 
-    operation: str
+    `kind` names it: what `bulkjobs worker --operations` selects and what the Scheduler's
+    per-kind limits key on. `claim` takes up to `limit` ready items in one store call, under
+    leases held by `owner` for `lease_s` seconds, and returns one Claim per item. It returns
+    [] rather than wait when nothing is ready (the Scheduler's poll does the waiting), and
+    it never hands out an item whose attempts are used up (the store fails those).
+    """
+
+    kind: str
 
     async def claim(self, owner: str, limit: int, lease_s: float) -> list[Claim]: ...
 
@@ -79,7 +89,7 @@ class OperationRegistry:
 
     def __init__(self) -> None:
         self._operations: dict[str, Operation] = {}
-        self._sources: dict[str, Source] = {}
+        self._sources: dict[str, JobSource] = {}
 
     def register(
         self,
@@ -106,8 +116,11 @@ class OperationRegistry:
 
         return decorate
 
-    def add_source(self, source: Source) -> None:
-        self._sources[source.operation] = source
+    def add_source(self, source: JobSource) -> None:
+        """Register (or replace) the source of a kind of work."""
+        if source.kind in self._operations:
+            raise ValueError(f"{source.kind!r} is the name of a registered operation")
+        self._sources[source.kind] = source
 
     def copy(self) -> OperationRegistry:
         twin = OperationRegistry()
@@ -118,7 +131,7 @@ class OperationRegistry:
     def get(self, name: str) -> Operation | None:
         return self._operations.get(name)
 
-    def source(self, name: str) -> Source | None:
+    def source(self, name: str) -> JobSource | None:
         return self._sources.get(name)
 
     def names(self) -> list[str]:

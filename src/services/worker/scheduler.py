@@ -1,12 +1,16 @@
-"""The Scheduler: claim work in batches under leases, run it under one semaphore, report it.
+"""The Scheduler: the one claim loop. It claims work in batches under leases, runs it within
+per-kind limits and reports it, wherever work runs: the server's embedded worker, `bulkjobs
+worker`, `process_container_jobs`, `bulkjobs run` and `process_job_with_stages`.
 
-`tick()` flushes the outbox, claims up to `claim_batch_size` items for this worker's
-operations (work items from the workItems table; bulk jobs and container jobs through their
-sources, so one semaphore bounds all kinds), and starts each. Work-item results go to the
-store in batches through a reporter task; a batch the store does not take is appended to the
-durable outbox (fsynced) and sent again by later ticks. The leases of running work items are
-renewed in one call per interval by a heartbeat task; an item whose lease is lost is stopped.
-Bulk jobs and container jobs renew, report and release through their own runner/processor.
+`tick()` flushes the outbox, then takes turns over the kinds of work (work items from the
+workItems table, and each registered JobSource: bulk jobs, container jobs, ...), claiming up
+to `claim_batch_size` items in all, no kind beyond its limit (`max_concurrency` unless
+`kind_limits` says otherwise: a bulk job waiting for its container jobs never holds the slots
+they need). Work-item results go to the store in batches through a reporter task; a batch
+the store does not take is appended to the durable outbox (fsynced) and sent again by later
+ticks. The leases of running work items are renewed in one call per interval by a heartbeat
+task; an item whose lease is lost is stopped. Items of a JobSource renew, report and release
+through their own runner (JobRunner, ContainerProcessor).
 
 Store errors: RateLimited (HTTP 429) waits the Retry-After the store gave; StoreUnavailable
 (5xx, connection) backs off exponentially with full jitter; StoreAuthError (401/403) stops
@@ -21,16 +25,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import uuid
-from collections.abc import Coroutine
+from collections import Counter
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from src.services import metrics
+from src.services.backoff import backoff
+from src.services.domain.work import MAX_WORK_BATCH, ReportAck, WorkItem, WorkReport
 from src.services.errors import BulkJobError, RateLimited, StoreAuthError, StoreUnavailable
 from src.services.store.base import WorkStore
-from src.services.worker.models import MAX_WORK_BATCH, ReportAck, WorkItem, WorkReport
 from src.services.worker.outbox import Outbox, OutboxError
 from src.services.worker.registry import Claim, OperationRegistry, WorkContext
 
@@ -38,8 +43,6 @@ log = logging.getLogger(__name__)
 
 #: The kind of work claimed from the workItems table (the others are sources).
 WORK_ITEMS = "work items"
-#: Longest pause after repeated store failures.
-MAX_BACKOFF_S = 30.0
 
 
 @dataclass
@@ -65,11 +68,6 @@ class SchedulerStats:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
-def backoff(attempt: int, base_s: float = 0.1) -> float:
-    """Exponential backoff with full jitter, so many workers do not retry in step."""
-    return random.uniform(0, min(MAX_BACKOFF_S, base_s * 2 ** min(attempt, 16)))
-
-
 class Scheduler:
     def __init__(
         self,
@@ -79,12 +77,14 @@ class Scheduler:
         max_concurrency: int,
         store: WorkStore,
         registry: OperationRegistry,
-        outbox: Outbox,
+        outbox: Outbox | None = None,
         lease_s: float = 30.0,
         poll_interval_s: float = 0.5,
         grace_s: float = 30.0,
+        kind_limits: Mapping[str, int] | None = None,
     ) -> None:
-        """`operations` names what to claim (None: every registered operation and source)."""
+        """`operations` names what to claim (None: every registered operation and source).
+        Without an outbox no work items are claimed (their reports need one)."""
         if claim_batch_size < 1 or max_concurrency < 1:
             raise ValueError("claim_batch_size and max_concurrency must be at least 1")
         self.worker_id = worker_id
@@ -100,6 +100,13 @@ class Scheduler:
         self.stats = SchedulerStats()
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.kind_limits = dict(kind_limits or {})
+        #: Claimed items in hand, by kind.
+        self._held: Counter[str] = Counter()
+        self._kind_of: dict[asyncio.Task[None], str] = {}
+        self._tick_started_idle = False
+        #: The kinds the last tick claimed items of: they may have more waiting.
+        self._claimed_kinds: list[str] = []
         #: Work items whose handler is running: their leases are renewed.
         self._executing: dict[str, asyncio.Task[None]] = {}
         self._reports: list[tuple[WorkReport, asyncio.Future[None]]] = []
@@ -112,14 +119,29 @@ class Scheduler:
         self._fatal: BulkJobError | None = None
         self._failures = 0
         self._ticks = 0
-        self._refill_at = max(1, min(self.claim_batch_size, max_concurrency) // 2)
 
-    # -- what to claim ---------------------------------------------------------------------
+    def limit(self, kind: str) -> int:
+        """Items of `kind` this scheduler holds at most at once."""
+        return self.kind_limits.get(kind, self.max_concurrency)
+
+    def _room(self, kind: str) -> int:
+        return self.limit(kind) - self._held[kind]
+
+    def _refill(self, kind: str) -> bool:
+        """Whether `kind` has room for a good batch (half its limit): worth a claim now.
+        Claiming for every freed slot would cost a store call per item."""
+        return self._room(kind) >= max(1, min(self.claim_batch_size, self.limit(kind)) // 2)
+
+    def wake(self) -> None:
+        """Look for work now rather than at the next poll (a job was just created)."""
+        self._wake.set()
 
     def _item_operations(self) -> list[str]:
         """Work-item operations to claim. By default only those this worker has handlers
         for: claiming another fleet's operation would fail its items. An operation named
         explicitly but not registered is claimed and failed with a clear error."""
+        if self.outbox is None:
+            return []
         if self.operations is None:
             return self.registry.item_names()
         sources = set(self.registry.source_names())
@@ -134,14 +156,14 @@ class Scheduler:
         """Claimed items not yet finished and reported."""
         return len(self._tasks)
 
-    # -- one round -------------------------------------------------------------------------
-
     async def tick(self) -> int:
         """Flush the outbox, claim work for the free slots and start it; returns how many."""
         self._start_background()
         await self.flush_outbox()
-        free = min(self.claim_batch_size, self.max_concurrency - self.in_hand)
-        if free <= 0 or self._stopping:
+        # Claims below may see kinds without room that free up meanwhile: only a tick that
+        # started with nothing in hand proves there is no work (burst mode ends on it).
+        self._tick_started_idle = not self._tasks
+        if self._stopping:
             return 0
         # Each tick a different kind goes first, so a backlog of one kind (work items, say)
         # cannot keep bulk jobs or container jobs from ever being claimed.
@@ -149,13 +171,14 @@ class Scheduler:
         first = self._ticks % len(kinds)
         self._ticks += 1
         started = 0
+        self._claimed_kinds = []
         for kind in kinds[first:] + kinds[:first]:
-            if started >= free:
-                break
-            started += await self._claim(kind, free - started)
+            room = min(self.claim_batch_size - started, self._room(kind))
+            if room > 0 and (count := await self._claim(kind, room)):
+                started += count
+                self._claimed_kinds.append(kind)
         self.stats.claimed += started
-        metrics.CLAIMS.labels("scheduler").inc(started)
-        metrics.OUTBOX_DEPTH.set(len(self.outbox))
+        metrics.OUTBOX_DEPTH.set(len(self.outbox) if self.outbox is not None else 0)
         return started
 
     async def _claim(self, kind: str, limit: int) -> int:
@@ -166,19 +189,21 @@ class Scheduler:
                 return 0
             items = await self.store.work_claim(self.worker_id, operations, limit, self.lease_s)
             for item in items:
-                self._spawn(self._run_item(item), f"item-{item.id}", item.id)
+                self._spawn(self._run_item(item), f"item-{item.id}", WORK_ITEMS, item.id)
+            metrics.CLAIMS.labels("work_item").inc(len(items))
             return len(items)
         source = self.registry.source(kind)
         if source is None:
             return 0
         claims = await source.claim(self.worker_id, limit, self.lease_s)
         for claim in claims:
-            self._spawn(self._run_claim(claim), f"{claim.operation}-{claim.item_id}")
+            self._spawn(self._run_claim(claim), f"{claim.kind}-{claim.item_id}", kind)
+        metrics.CLAIMS.labels(kind).inc(len(claims))
         return len(claims)
 
     async def flush_outbox(self) -> int:
         """Send what the outbox holds; returns how many reports the store acknowledged."""
-        if not len(self.outbox):
+        if self.outbox is None or not len(self.outbox):
             return 0
         sent = await self.outbox.flush(self._deliver, MAX_WORK_BATCH)
         if sent:
@@ -191,22 +216,28 @@ class Scheduler:
         return acks
 
     def _spawn(
-        self, work: Coroutine[Any, Any, None], name: str, item_id: str | None = None
+        self,
+        work: Coroutine[Any, Any, None],
+        name: str,
+        kind: str,
+        item_id: str | None = None,
     ) -> None:
         task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
+        self._held[kind] += 1
+        self._kind_of[task] = kind
         if item_id is not None:
             self._executing[item_id] = task
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        kind = self._kind_of.pop(task)
+        self._held[kind] -= 1
         if not task.cancelled() and task.exception() is not None:
             log.error("work task %s crashed", task.get_name(), exc_info=task.exception())
-        if self.max_concurrency - self.in_hand >= self._refill_at or not self._tasks:
+        if self._refill(kind) or not self._tasks:
             self._wake.set()
-
-    # -- running ---------------------------------------------------------------------------
 
     async def _run_item(self, item: WorkItem) -> None:
         try:
@@ -230,8 +261,7 @@ class Scheduler:
         await self._submit(report)
 
     async def _run_claim(self, claim: Claim) -> None:
-        async with self._semaphore:
-            await claim.run()
+        await claim.run()  # bounded by its kind's limit when claimed
         self.stats.completed += 1
 
     async def _submit(self, report: WorkReport) -> None:
@@ -272,6 +302,7 @@ class Scheduler:
         log.warning(
             "store did not take %d reports (%s); keeping them in the outbox", len(reports), cause
         )
+        assert self.outbox is not None  # work items (and so reports) need an outbox
         try:
             await self.outbox.append(reports)
         except OutboxError as exc:
@@ -289,8 +320,6 @@ class Scheduler:
     def _stop_for(self, exc: BulkJobError) -> None:
         self._fatal = self._fatal or exc
         self.request_stop()
-
-    # -- leases ----------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -316,8 +345,6 @@ class Scheduler:
                     log.warning("lease on work item %s lost; stopping it", item_id)
                     self.stats.leases_lost += 1
                     task.cancel()
-
-    # -- the loop --------------------------------------------------------------------------
 
     def request_stop(self) -> None:
         """Stop claiming; `run` then lets running work finish within the grace period."""
@@ -361,7 +388,9 @@ class Scheduler:
                 )
 
     def _idle(self, claimed: int, delay: float | None) -> bool:
-        return not claimed and delay is None and not self._tasks and not len(self.outbox)
+        waiting = len(self.outbox) if self.outbox is not None else 0
+        quiet = self._tick_started_idle and not self._tasks
+        return not claimed and delay is None and quiet and not waiting
 
     async def _guarded_tick(self) -> tuple[int, float | None]:
         """One tick; returns (items started, seconds to wait after a store error)."""
@@ -392,7 +421,7 @@ class Scheduler:
         if delay is not None:
             await asyncio.sleep(delay)
             return
-        if claimed and self.max_concurrency - self.in_hand >= self._refill_at:
+        if claimed and any(self._refill(kind) for kind in self._claimed_kinds):
             return  # there may be more work and there is room for it
         self._wake.clear()
         with contextlib.suppress(TimeoutError):

@@ -34,22 +34,40 @@ async function failure(response) {
   return new ApiError(response.status, body, retryAfter ?? null);
 }
 
+let onSignedOut = () => {};
+
+/**
+ * `handler(error)` runs when the server refuses the signed-in token (401: revoked, expired or
+ * unknown), whichever request found out; the error's message is the server's reason.
+ */
+export function whenSignedOut(handler) {
+  onSignedOut = handler;
+}
+
+/** The failure of a request; a 401 for the stored token also signs out. */
+async function refused(response, withStoredToken) {
+  const error = await failure(response);
+  if (error.status === 401 && withStoredToken && token.get()) onSignedOut(error);
+  return error;
+}
+
 export async function request(method, path, body, authToken) {
   const init = { method, headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }) };
   if (authToken) init.headers.Authorization = `Bearer ${authToken}`;
   if (body !== undefined) init.body = JSON.stringify(body);
   const response = await fetch(path, init);
-  if (!response.ok) throw await failure(response);
+  if (!response.ok) throw await refused(response, !authToken);
   return response.status === 204 ? null : response.json();
 }
 
 export const get = (path) => request("GET", path);
 export const post = (path, body) => request("POST", path, body ?? {});
+export const del = (path) => request("DELETE", path);
 
 /** Download a file that needs the Authorization header: fetch it as a blob, then save it. */
 export async function download(path, filename) {
   const response = await fetch(path, { headers: headers() });
-  if (!response.ok) throw await failure(response);
+  if (!response.ok) throw await refused(response, true);
   const url = URL.createObjectURL(await response.blob());
   const link = document.createElement("a");
   link.href = url;

@@ -1,8 +1,9 @@
 // The dashboard: sign-in, routing between views, the live job stream and the 1 s clock.
 
-import { ApiError, get, request, subscribe, token } from "./api.js";
+import { ApiError, get, request, subscribe, token, whenSignedOut } from "./api.js";
 import { ContainerJobs, Hosts, Templates } from "./containers.js";
 import { JobList, JobPage, SampleForm } from "./jobs.js";
+import { Webhooks } from "./webhooks.js";
 
 const $ = (selector) => document.querySelector(selector);
 const POLLED_VIEWS_MS = 3000;
@@ -20,6 +21,14 @@ function takeTokenFromUrl() {
   return found;
 }
 
+/** Why the server refused a token, as it said (revoked or expired, and when), or "unknown". */
+function reason(error) {
+  const detail = error.message || "";
+  return /revoked|expired/.test(detail) ? detail : "it is unknown or was revoked";
+}
+
+const refusal = (error) => `Signed out: ${reason(error)}. Sign in with a new token.`;
+
 class Dashboard {
   constructor() {
     this.list = new JobList($("#job-list"));
@@ -28,6 +37,7 @@ class Dashboard {
       containers: new ContainerJobs($("#view-containers")),
       hosts: new Hosts($("#view-hosts")),
       templates: new Templates($("#view-templates")),
+      webhooks: new Webhooks($("#view-webhooks")),
     };
     this.page = null;
     this.stopJobStream = null;
@@ -40,6 +50,9 @@ class Dashboard {
     });
     $("#sign-out").addEventListener("click", () => this.signOut());
     addEventListener("hashchange", () => this.route());
+    // Any request that finds the token refused (revoked or expired meanwhile) ends the
+    // session with the server's reason, rather than leaving a page of failed requests.
+    whenSignedOut((error) => this.signOut(refusal(error)));
   }
 
   async boot() {
@@ -54,7 +67,7 @@ class Dashboard {
       await request("GET", "/bulk-jobs?limit=1", undefined, candidate);
     } catch (error) {
       const why = error instanceof ApiError && error.status === 401
-        ? "That token was not accepted: it is unknown or was revoked."
+        ? `That token was not accepted: ${reason(error)}.`
         : `Could not sign in: ${error.message}`;
       return this.showSignIn(why);
     }
@@ -63,14 +76,14 @@ class Dashboard {
     return this.start();
   }
 
-  signOut(reason) {
+  signOut(message) {
     token.clear();
     this.stopStream?.();
     this.leavePage();
     clearInterval(this.timer);
     clearInterval(this.clock);
     location.hash = "";
-    this.showSignIn(reason);
+    this.showSignIn(message);
   }
 
   showSignIn(message) {
@@ -99,7 +112,12 @@ class Dashboard {
       this.list.tick();
       this.page?.tick();
     }, 1000);
-    await this.detectAdmin();
+    try {
+      await this.detectAdmin();
+    } catch (error) {
+      if (!token.get()) return; // refused: already back at the sign-in form
+      throw error;
+    }
     this.route();
   }
 
@@ -117,7 +135,7 @@ class Dashboard {
 
   streamState(state, error) {
     if (state === "live") this.setLive("live", "live");
-    else if (state === "closed" && error?.status === 401) this.signOut("Your token is no longer accepted; sign in again.");
+    else if (state === "closed" && error?.status === 401) this.signOut(refusal(error));
     else this.setLive("wait", state);
   }
 
@@ -129,7 +147,8 @@ class Dashboard {
 
   route() {
     if (!token.get()) return;
-    const [, view = "jobs", id] = location.hash.split("/");
+    const [path, query = ""] = location.hash.split("?");
+    const [, view = "jobs", id] = path.split("/");
     this.leavePage();
     clearInterval(this.timer);
     $("#view-error").hidden = true;
@@ -139,11 +158,15 @@ class Dashboard {
       tab.classList.toggle("active", tab.dataset.tab === (name === "job" ? "jobs" : name));
     }
     if (name === "job") this.openJob(decodeURIComponent(id));
-    else if (name in this.polled) this.poll(this.polled[name]);
+    if (name === "containers") this.polled.containers.setBulkJob(new URLSearchParams(query).get("bulk_job_id"));
+    if (name in this.polled) this.poll(this.polled[name]);
   }
 
   openJob(jobId) {
-    this.page = new JobPage($("#view-job"), jobId);
+    this.page = new JobPage($("#view-job"), jobId, (deleted) => {
+      this.list.remove(deleted);
+      location.hash = "#/jobs";
+    });
     const page = this.page;
     this.stopJobStream = subscribe(`/bulk-jobs/${encodeURIComponent(jobId)}/events`, {
       onEvent: (kind, data) => {

@@ -1,11 +1,12 @@
 // Container jobs (yours; an admin's: everyone's) with logs, and, for admins, hosts and templates.
 
 import { get, post } from "./api.js";
-import { TERMINAL, badge, bar, duration, h, seconds, setBar, shortId, time } from "./format.js";
+import { TERMINAL, badge, bar, duration, h, labelCells, seconds, setBar, shortId, time } from "./format.js";
 
 const CONTAINER_TERMINAL = new Set([...TERMINAL, "timeout"]);
 
 function table(headings, rows) {
+  labelCells(headings, rows);
   return h("table", {},
     h("thead", {}, h("tr", {}, ...headings.map((t) => h("th", {}, t)))),
     h("tbody", {}, ...rows));
@@ -23,13 +24,31 @@ export class ContainerJobs {
     this.list = h("div");
     this.logs = h("section", { className: "logs", hidden: true });
     this.selected = null;
-    root.replaceChildren(
-      h("p", { className: "muted" }, "Your newest 100 container jobs (an admin sees everyone's), refreshed every few seconds."),
-      this.list, this.logs);
+    this.bulkJobId = null;
+    this.intro = h("p", { className: "muted" });
+    root.replaceChildren(this.intro, this.list, this.logs);
+    this.setBulkJob(null);
+  }
+
+  /** Show only the container jobs one bulk job started (null: all of yours). */
+  setBulkJob(bulkJobId) {
+    this.bulkJobId = bulkJobId;
+    this.selected = null;
+    this.logs.hidden = true;
+    if (!bulkJobId) {
+      this.intro.replaceChildren("Your newest 100 container jobs (an admin sees everyone's), refreshed every few seconds.");
+      return;
+    }
+    this.intro.replaceChildren(
+      "Container jobs of bulk job ",
+      h("a", { href: `#/jobs/${encodeURIComponent(bulkJobId)}`, className: "mono" }, shortId(bulkJobId)),
+      ", refreshed every few seconds · ",
+      h("a", { href: "#/containers" }, "all container jobs"));
   }
 
   async refresh() {
-    const jobs = await get("/container-jobs?limit=100");
+    const filter = this.bulkJobId ? `&bulk_job_id=${encodeURIComponent(this.bulkJobId)}` : "";
+    const jobs = await get(`/container-jobs?limit=100${filter}`);
     if (!jobs.length) {
       this.list.replaceChildren(h("p", { className: "muted" }, "No container jobs yet."));
       return;
@@ -54,7 +73,8 @@ export class ContainerJobs {
       actions.push(" ", cancel);
     }
     return h("tr", { dataset: { containerJob: job.id } },
-      h("td", {}, job.name || shortId(job.id), " ", h("span", { className: "muted mono" }, shortId(job.id))),
+      h("td", {}, job.name || shortId(job.id), " ", h("span", { className: "muted mono" }, shortId(job.id)),
+        job.bulk_job_id ? h("div", {}, h("a", { href: `#/jobs/${encodeURIComponent(job.bulk_job_id)}` }, "bulk job")) : null),
       h("td", { className: "mono clip", title: job.command }, `${job.docker_image} · ${job.command}`),
       h("td", {}, `${job.executor_type} @ ${job.host_id || "—"}`),
       h("td", {}, badge(job.status), job.status_message ? h("div", { className: "muted" }, job.status_message) : null),
@@ -92,7 +112,7 @@ export class Hosts {
     const capacity = host.capacity;
     const utilization = bar();
     setBar(utilization, capacity.utilization_percent / 100, capacity.utilization_percent >= 100 ? "failed" : "processing");
-    const healthy = host.health_check_failures < 3;
+    const healthy = host.healthy !== false;
     const check = h("button", { type: "button" }, "Check health");
     check.addEventListener("click", async () => {
       check.disabled = true;
@@ -108,7 +128,8 @@ export class Hosts {
       h("td", {}, host.executor_type),
       h("td", {}, host.is_active ? "yes" : "no"),
       h("td", {}, badge(healthy ? "healthy" : "unhealthy"),
-        h("div", { className: "muted" }, `${host.health_check_failures} failed checks · last ${time(host.last_health_check)}`)),
+        h("div", { className: "muted" }, `${host.health_check_failures} failures in a row · probed ${time(host.last_health_check)}`),
+        host.last_health_error ? h("div", { className: "muted" }, host.last_health_error) : null),
       h("td", { className: "num" }, `${capacity.current_jobs} / ${capacity.max_jobs} (${capacity.available_slots} free)`),
       h("td", {}, utilization, ` ${Math.round(capacity.utilization_percent)}%`),
       h("td", { className: "num" }, host.weight),

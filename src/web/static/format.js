@@ -14,6 +14,16 @@ export function h(tag, props = {}, ...children) {
   return element;
 }
 
+/** Name each row's cells after their column (`data-label`): narrow screens show a row as a
+ * card of labelled lines. */
+export function labelCells(headings, rows) {
+  for (const row of rows) {
+    [...row.children].forEach((cell, index) => {
+      if (headings[index]) cell.dataset.label = headings[index];
+    });
+  }
+}
+
 /** Set text only when it changed: cheap, and keeps the browser from re-laying out. */
 export function setText(element, text) {
   const value = String(text);
@@ -91,6 +101,16 @@ export const shortId = (id) => id.slice(0, 8);
 export function label(name) {
   return name.replaceAll("_", " ");
 }
+
+/** Short stage names for the labels under the list's stage bars. */
+const SHORT_STAGES = {
+  initialization: "init", validation: "check", content_fetch: "fetch",
+  content_processing: "process", audio_extraction: "audio", transcription: "transcribe",
+  voice_preparation: "voice", export_preparation: "prepare", export_generation: "export",
+  cleanup: "cleanup",
+};
+
+export const shortStage = (name) => SHORT_STAGES[name] || label(name);
 
 /** A bar: an outer element with an inner fill whose width follows the fraction. */
 export function bar(className = "") {

@@ -1,13 +1,17 @@
 // Bulk jobs: the live list (keyed rows, batched updates), the job page and the sample form.
 
-import { ApiError, download, post } from "./api.js";
+import { ApiError, del, download, post } from "./api.js";
 import {
   TERMINAL, badge, bar, bytes, counts, duration, elapsed, eta, h, label, percent, seconds,
-  setBadge, setBar, setText, shortId, time,
+  labelCells, setBadge, setBar, setText, shortId, shortStage, time,
 } from "./format.js";
 
 /** The list API returns at most this many jobs; the event stream's snapshot the same. */
 export const PAGE = 200;
+/** The list's columns, as its table head names them (labels of the cells on narrow screens). */
+const JOB_COLUMNS = ["Job", "Status", "Stages", "Items (done / failed / total)", "Elapsed", "Time left", "Created"];
+
+const EXPORT_COLUMNS = ["File", "Format", "Size", "Created", "Expires"];
 
 const FILTERS = {
   all: () => true,
@@ -48,6 +52,16 @@ export class JobList {
     this.schedule();
   }
 
+  /** A job that was deleted: its row goes (the stream says nothing of jobs that are gone). */
+  remove(jobId) {
+    this.pending.delete(jobId);
+    this.jobs.delete(jobId);
+    this.rows.get(jobId)?.remove();
+    this.rows.delete(jobId);
+    this.order = this.order.filter(([, id]) => id !== jobId);
+    this.renderSummary();
+  }
+
   schedule() {
     if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
   }
@@ -67,6 +81,10 @@ export class JobList {
     const cells = {
       link: h("a", { href: `#/jobs/${job.job_id}` }, label(job.job_type)),
       id: h("span", { className: "muted mono" }, shortId(job.job_id)),
+      retryOf: job.retry_of
+        ? h("span", { className: "muted", dataset: { role: "retry-of" } }, " retry of ",
+          h("a", { href: `#/jobs/${encodeURIComponent(job.retry_of)}`, className: "mono" }, shortId(job.retry_of)))
+        : null,
       status: badge(job.status),
       stages: h("span", { className: "stages" }),
       items: h("td", { className: "num" }),
@@ -77,12 +95,13 @@ export class JobList {
     };
     const row = h(
       "tr", { dataset: { jobId: job.job_id } },
-      h("td", {}, cells.link, " ", cells.id),
+      h("td", {}, cells.link, " ", cells.id, cells.retryOf),
       h("td", {}, cells.status),
       h("td", {}, cells.stages),
       cells.items, cells.elapsed, cells.eta, cells.created,
     );
     this.cells.set(row, cells);
+    labelCells(JOB_COLUMNS, [row]);
     const key = [seconds(job.created_at), job.job_id];
     const at = this.position(key);
     const next = this.order[at];
@@ -109,14 +128,21 @@ export class JobList {
     setBadge(cells.status, job.status);
     if (cells.stageBars.length !== job.stages.length) {
       cells.stageBars = job.stages.map(() => bar("mini"));
-      cells.stages.replaceChildren(...cells.stageBars);
+      cells.stageLabels = job.stages.map(() => h("span", { className: "stage-label" }));
+      cells.stages.replaceChildren(...job.stages.map((stage, index) => h(
+        "span", { className: "stage-mini", dataset: { stage: stage.name } },
+        cells.stageBars[index], cells.stageLabels[index],
+      )));
     }
     job.stages.forEach((stage, index) => {
       const stageBar = cells.stageBars[index];
       const done = stage.status === "completed" || stage.status === "skipped";
+      const fraction = percent(done ? 1 : stage.progress);
       setBar(stageBar, done ? 1 : stage.progress, stage.status);
-      const title = `${label(stage.name)}: ${label(stage.status)}, ${percent(done ? 1 : stage.progress)}, ${counts(stage)}`;
-      if (stageBar.title !== title) stageBar.title = title;
+      // A visible label (name and percent) under each bar; the tooltip adds the counts.
+      setText(cells.stageLabels[index], `${shortStage(stage.name)} ${fraction}`);
+      const title = `${label(stage.name)}: ${label(stage.status)}, ${fraction}, ${counts(stage)}`;
+      if (stageBar.parentElement.title !== title) stageBar.parentElement.title = title;
     });
     setText(cells.items, counts(job));
     this.tickRow(row, job);
@@ -219,11 +245,13 @@ export class SampleForm {
   }
 }
 
-/** One job: stage timeline, errors, cancel, exports with downloads; fed by its own stream. */
+/** One job: stage timeline, errors, cancel, delete, exports with downloads; fed by its own
+ * stream. `onDeleted(jobId)` runs once the job was deleted from this page. */
 export class JobPage {
-  constructor(root, jobId) {
+  constructor(root, jobId, onDeleted = () => {}) {
     this.root = root;
     this.jobId = jobId;
+    this.onDeleted = onDeleted;
     this.job = null;
     this.exportKey = "";
     this.parts = new WeakMap();
@@ -239,20 +267,29 @@ export class JobPage {
     this.error = h("p", { className: "notice error", hidden: true, dataset: { role: "job-error" } });
     this.cancel = h("button", { type: "button", className: "danger", dataset: { role: "cancel" } }, "Cancel job");
     this.cancel.addEventListener("click", () => this.cancelJob());
+    this.remove = h("button", { type: "button", className: "danger", hidden: true, dataset: { role: "delete" } }, "Delete job");
+    this.remove.addEventListener("click", () => this.deleteJob());
+    this.retry = h("button", { type: "button", hidden: true, dataset: { role: "retry" } }, "Retry failed items");
+    this.retry.addEventListener("click", () => this.retryFailed());
+    this.retryOf = h("p", { hidden: true, dataset: { role: "retry-of" } },
+      "Retries the failed items of job ", h("a", { className: "mono" }));
     this.message = h("p", { className: "notice", hidden: true });
     this.timeline = h("ol", { className: "timeline" });
     this.exports = h("tbody");
     this.exportsEmpty = h("p", { className: "muted" }, "No exports yet: the last stage writes one.");
     this.details = h("pre", { className: "json" });
+    this.containers = h("p", { hidden: true, dataset: { role: "container-jobs" } },
+      h("a", { href: `#/containers?bulk_job_id=${encodeURIComponent(this.jobId)}` },
+        "Container jobs of this job →"));
     this.root.replaceChildren(
       h("p", {}, h("a", { href: "#/jobs" }, "← All jobs")),
-      h("div", { className: "job-head" }, this.title, this.status, this.cancel),
+      h("div", { className: "job-head" }, this.title, this.status, this.cancel, this.retry, this.remove),
       h("div", { className: "overall" }, this.overall, this.overallText),
-      this.error, this.message, this.meta,
+      this.error, this.message, this.retryOf, this.meta, this.containers,
       h("h3", {}, "Stages"), this.timeline,
       h("h3", {}, "Exports"), this.exportsEmpty,
       this.exportsTable = h("table", { className: "exports" },
-        h("thead", {}, h("tr", {}, ...["File", "Format", "Size", "Created", "Expires", ""].map((t) => h("th", {}, t)))),
+        h("thead", {}, h("tr", {}, ...[...EXPORT_COLUMNS, ""].map((t) => h("th", {}, t)))),
         this.exports),
       h("details", {}, h("summary", {}, "Job data and results"), this.details),
     );
@@ -265,6 +302,13 @@ export class JobPage {
     setBar(this.overall, job.progress, job.status);
     setText(this.overallText, `${percent(job.progress)} · items ${counts(job)} (completed / failed / total)`);
     this.cancel.hidden = TERMINAL.has(job.status);
+    this.remove.hidden = !TERMINAL.has(job.status);
+    // The server's rule: an ended job, some stage of which counted failed items.
+    this.retry.hidden = !TERMINAL.has(job.status) || !job.stages.some((stage) => stage.items_failed > 0);
+    this.renderRetryOf(job);
+    // Its items run as container jobs: a link to them (the link already names the full id).
+    this.containers.hidden = job.job_type !== "container_batch";
+    this.containers.firstChild.href = `#/containers?bulk_job_id=${encodeURIComponent(job.job_id)}`;
     this.error.hidden = !job.error_message;
     setText(this.error, job.error_message || "");
     this.renderStages(job);
@@ -285,6 +329,14 @@ export class JobPage {
       this.meta.replaceChildren(...rows.flatMap(([k]) => [h("dt", {}, k), h("dd", {})]));
     }
     rows.forEach(([, value], index) => setText(this.meta.children[index * 2 + 1], value));
+  }
+
+  renderRetryOf(job) {
+    this.retryOf.hidden = !job.retry_of;
+    if (!job.retry_of) return;
+    const link = this.retryOf.querySelector("a");
+    link.href = `#/jobs/${encodeURIComponent(job.retry_of)}`;
+    setText(link, shortId(job.retry_of));
   }
 
   renderStages(job) {
@@ -325,11 +377,13 @@ export class JobPage {
     this.exports.replaceChildren(...job.exports.map((e) => {
       const button = h("button", { type: "button", disabled: e.expired, dataset: { role: "download" } }, e.expired ? "Expired" : "Download");
       button.addEventListener("click", () => this.download(e));
-      return h("tr", {},
+      const row = h("tr", {},
         h("td", { className: "mono" }, e.filename), h("td", {}, e.format), h("td", { className: "num" }, bytes(e.size_bytes)),
         h("td", {}, time(e.created_at)),
         h("td", { title: e.expires_at }, e.expired ? "expired" : `${time(e.expires_at)} (in ${duration(seconds(e.expires_at) - Date.now() / 1000)})`),
         h("td", {}, button));
+      labelCells(EXPORT_COLUMNS, [row]);
+      return row;
     }));
   }
 
@@ -351,6 +405,33 @@ export class JobPage {
       this.say("error", `Could not cancel: ${error.message}`);
     } finally {
       this.cancel.disabled = false;
+    }
+  }
+
+  async deleteJob() {
+    if (!confirm("Delete this job with its exports and files? This cannot be undone.")) return;
+    this.remove.disabled = true;
+    try {
+      await del(`/bulk-jobs/${this.jobId}`);
+      this.onDeleted(this.job?.job_id ?? this.jobId);
+    } catch (error) {
+      this.say("error", `Could not delete: ${error.message}`);
+      this.remove.disabled = false;
+    }
+  }
+
+  async retryFailed() {
+    this.retry.disabled = true;
+    try {
+      const started = await post(`/bulk-jobs/${encodeURIComponent(this.jobId)}/retry`);
+      location.hash = `#/jobs/${encodeURIComponent(started.job_id)}`;
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 429) {
+        this.say("warn", "Rate limit reached: a retry is a new job, and you have started as many as one " +
+          `window allows. You can retry in ${duration(error.retryAfter)}.`);
+      } else this.say("error", `Could not retry: ${error.message}`);
+    } finally {
+      this.retry.disabled = false;
     }
   }
 

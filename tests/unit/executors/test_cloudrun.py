@@ -21,7 +21,7 @@ from src.services.containers.executors.errors import (
     ExecutorConnectionError,
     ExecutorError,
 )
-from src.services.containers.models import ContainerJob, ExecutorHost
+from src.services.domain.containers import ContainerJob, ExecutorHost
 
 JOB = "projects/demo/locations/europe-west1/jobs/runner"
 SECRET = "-----BEGIN PRIVATE KEY-----fake-key-that-must-never-leak"

@@ -20,7 +20,7 @@ from src.services.containers.executors.errors import (
     ExecutorError,
 )
 from src.services.containers.executors.fargate import FargateExecutor
-from src.services.containers.models import ContainerJob, ExecutorHost
+from src.services.domain.containers import ContainerJob, ExecutorHost
 
 REGION = "eu-west-1"
 ACCESS_KEY = "AKIAFAKEACCESSKEY123"

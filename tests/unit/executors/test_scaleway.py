@@ -18,7 +18,7 @@ from src.services.containers.executors.errors import (
     ExecutorResourceError,
 )
 from src.services.containers.executors.scaleway import ScalewayExecutor
-from src.services.containers.models import ContainerJob, ExecutorHost
+from src.services.domain.containers import ContainerJob, ExecutorHost
 
 BASE = "https://api.scaleway.com/serverless-jobs/v1alpha1/regions/fr-par"
 DEFINITION = "11111111-2222-3333-4444-555555555555"

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from src.services.containers.executors.errors import ExecutorError
-from src.services.containers.models import SECRET_KEYS, ContainerJob
+from src.services.domain.containers import SECRET_KEYS, ContainerJob
 
 State = Literal["running", "exited", "failed", "not-found"]
 FinalStatus = Literal["completed", "failed", "timeout"]

@@ -37,14 +37,15 @@ from src.services.containers.executors.base import (
     scrub,
     secret_values,
 )
+from src.services.containers.executors.config import ExecutorConfig, Text
 from src.services.containers.executors.errors import (
     ExecutorConfigurationError,
     ExecutorConnectionError,
     ExecutorError,
     ExecutorResourceError,
 )
-from src.services.containers.models import ContainerJob, ExecutorHost
 from src.services.domain import utcnow
+from src.services.domain.containers import ContainerJob, ExecutorHost
 
 T = TypeVar("T")
 
@@ -65,8 +66,20 @@ CONFIG_ERRORS = (
 )
 
 
+class CloudRunConfig(ExecutorConfig):
+    project_id: Text | None = None
+    region: Text | None = None
+    job_name: Text | None = None
+    container_name: Text | None = None
+    #: A service account key, as an object or as its JSON text.
+    credentials: dict[str, Any] | Text | None = None
+    api_endpoint: Text | None = None
+    logging_endpoint: Text | None = None
+
+
 class CloudRunExecutor:
     executor_type = "cloudrun"
+    config_model = CloudRunConfig
 
     def __init__(self, host: ExecutorHost) -> None:
         self.host = host
@@ -86,22 +99,20 @@ class CloudRunExecutor:
         self._executions: run_v2.ExecutionsClient | None = None
         self._logs: Any = None
 
-    # -- clients ---------------------------------------------------------------------------
-
     def _credentials(self) -> Credentials:
         config = self.host.executor_config
         info = config.get("credentials")
         if isinstance(info, str):
             info = json.loads(info)
         if info:
-            # google-auth ships without type hints for these constructors.
-            account: Credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            from_info = service_account.Credentials.from_service_account_info
+            account: Credentials = from_info(  # type: ignore[no-untyped-call, unused-ignore]  # google-auth has no type hints (none at all without the extras)
                 info, scopes=SCOPES
             )
             return account
         if config.get("api_endpoint"):
-            # A private or test endpoint that checks no token (untyped in google-auth).
-            return AnonymousCredentials()  # type: ignore[no-untyped-call]
+            # A private or test endpoint that checks no token.
+            return AnonymousCredentials()  # type: ignore[no-untyped-call, unused-ignore]  # google-auth has no type hints
         import google.auth
 
         default, _ = google.auth.default(scopes=SCOPES)
@@ -123,8 +134,7 @@ class CloudRunExecutor:
             credentials=credentials, transport="rest", client_options=options
         )
         logging_endpoint = config.get("logging_endpoint")
-        # google-cloud-logging's Client has no type hints.
-        self._logs = cloud_logging.Client(  # type: ignore[no-untyped-call]
+        self._logs = cloud_logging.Client(  # type: ignore[no-untyped-call, unused-ignore]  # google-cloud-logging has no type hints
             project=self.project_id,
             credentials=credentials,
             # REST like the Run clients; gRPC could not reach a plain-HTTP endpoint.
@@ -151,8 +161,6 @@ class CloudRunExecutor:
             if translated is None:
                 raise
             raise translated from None
-
-    # -- the protocol ----------------------------------------------------------------------
 
     async def launch_job(self, job: ContainerJob, env: dict[str, str]) -> LaunchResult:
         request = run_v2.RunJobRequest(name=self.job_path, overrides=self._overrides(job, env))

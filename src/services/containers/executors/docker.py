@@ -26,6 +26,7 @@ import docker.errors
 import docker.tls
 import requests.exceptions
 from docker.models.containers import Container
+from pydantic import Field
 
 from src.services.containers.executors.base import (
     ExecutionStatus,
@@ -34,13 +35,14 @@ from src.services.containers.executors.base import (
     cap_log,
     final_status,
 )
+from src.services.containers.executors.config import ExecutorConfig, Text
 from src.services.containers.executors.errors import (
     ExecutorConfigurationError,
     ExecutorConnectionError,
     ExecutorError,
     ExecutorResourceError,
 )
-from src.services.containers.models import ContainerJob, ExecutorHost
+from src.services.domain.containers import ContainerJob, ExecutorHost
 
 T = TypeVar("T")
 
@@ -58,15 +60,26 @@ LOG_TAIL_LINES = 20_000
 STOP_GRACE_S = 2
 
 
+class DockerConfig(ExecutorConfig):
+    #: Engine URL when the host has no connection_string.
+    base_url: Text | None = None
+    client_cert: Text | None = None
+    client_key: Text | None = None
+    ca_cert: Text | None = None
+    #: Seconds one Docker API call may take.
+    api_timeout_s: int = Field(30, gt=0, le=3600)
+    #: Processes one container may run (-1: no limit).
+    pids_limit: int = Field(DEFAULT_PIDS_LIMIT, ge=-1, le=4_194_304)
+
+
 class DockerExecutor:
     executor_type = "docker"
+    config_model = DockerConfig
 
     def __init__(self, host: ExecutorHost) -> None:
         self.host = host
         self.config = host.executor_config
         self._client: docker.DockerClient | None = None
-
-    # -- the client ------------------------------------------------------------------------
 
     def _base_url(self) -> str:
         url = self.host.connection_string or str(self.config.get("base_url") or DEFAULT_SOCKET)
@@ -151,8 +164,6 @@ class DockerExecutor:
             return await self._call(client.containers.get, execution_id)
         except docker.errors.NotFound:
             return None
-
-    # -- the protocol ----------------------------------------------------------------------
 
     async def launch_job(self, job: ContainerJob, env: dict[str, str]) -> LaunchResult:
         client = await asyncio.to_thread(self._connect)

@@ -22,6 +22,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     NoCredentialsError,
 )
+from pydantic import Field
 
 from src.services.containers.executors.base import (
     ExecutionStatus,
@@ -33,14 +34,15 @@ from src.services.containers.executors.base import (
     scrub,
     secret_values,
 )
+from src.services.containers.executors.config import ExecutorConfig, Text
 from src.services.containers.executors.errors import (
     ExecutorConfigurationError,
     ExecutorConnectionError,
     ExecutorError,
     ExecutorResourceError,
 )
-from src.services.containers.models import ContainerJob, ExecutorHost
 from src.services.domain import utcnow
+from src.services.domain.containers import ContainerJob, ExecutorHost
 
 T = TypeVar("T")
 
@@ -75,8 +77,25 @@ CONFIG_CODES = frozenset(
 MAX_LOG_PAGES = 20
 
 
+class FargateConfig(ExecutorConfig):
+    region: Text | None = None
+    cluster: Text | None = None
+    task_definition: Text | None = None
+    subnets: list[Text] = Field(default_factory=list, max_length=100)
+    security_groups: list[Text] = Field(default_factory=list, max_length=100)
+    assign_public_ip: bool = False
+    container_name: Text | None = None
+    log_group: Text | None = None
+    log_stream_prefix: Text | None = None
+    aws_access_key_id: Text | None = None
+    aws_secret_access_key: Text | None = None
+    aws_session_token: Text | None = None
+    endpoint_url: Text | None = None
+
+
 class FargateExecutor:
     executor_type = "fargate"
+    config_model = FargateConfig
 
     def __init__(self, host: ExecutorHost) -> None:
         self.host = host
@@ -93,8 +112,6 @@ class FargateExecutor:
         self._clients: dict[str, Any] = {}
         #: (launch time, timeout seconds) of the tasks this process launched, by task ARN.
         self._launches: dict[str, tuple[float, int]] = {}
-
-    # -- boto3 plumbing --------------------------------------------------------------------
 
     def _client(self, service: str) -> Any:
         """A boto3 client, built on first use (building one reads files: call from a thread)."""
@@ -127,8 +144,6 @@ class FargateExecutor:
             return await asyncio.to_thread(call)
         except (ClientError, BotoCoreError) as exc:
             raise translate_error(exc, operation, self._secrets) from None
-
-    # -- the protocol ----------------------------------------------------------------------
 
     async def launch_job(self, job: ContainerJob, env: dict[str, str]) -> LaunchResult:
         container = await self._container_name()

@@ -1,21 +1,30 @@
 """LocalExecutor: runs a job's command as a process on this machine (the embedded default).
 
-The command runs under `/bin/sh -c` in its own process group, with an address-space limit
-(memory_limit), a CPU-time limit (timeout x CPUs) and a wall-clock timeout that kills the
-whole group. Output goes to files in a work directory; the exit code is written to a file
-too, so a processor that restarts can still harvest a job it did not launch. It isolates
-nothing else: no filesystem, network or user separation (see get_capabilities).
+The command runs under `/bin/sh -c` in its own session, below a small supervisor
+(local_supervisor.py, a child subreaper) that kills every process the command started when
+it ends, times out or is cancelled -- also those that left its group with `setsid`. The
+supervisors are forked by one fork server per service process (started on first use), so a
+job costs a fork rather than a Python start. Each process gets an address-space limit
+(memory_limit) and a CPU-time limit (timeout x CPUs).
+Output goes to files in a work directory; the exit code is written to a file too, so a
+processor that restarts can still harvest a job it did not launch. It isolates nothing
+else: no filesystem, network or user separation (see get_capabilities).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import json
 import math
 import os
-import resource
 import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import datetime
@@ -29,18 +38,148 @@ from src.services.containers.executors.base import (
     cap_log,
     final_status,
 )
+from src.services.containers.executors.config import ExecutorConfig, Text
 from src.services.containers.executors.errors import ExecutorResourceError
-from src.services.containers.models import ContainerJob, ExecutorHost
 from src.services.domain import from_epoch, utcnow
+from src.services.domain.containers import ContainerJob, ExecutorHost
 
-#: The wrapper records the command's exit status; a killed group leaves no file.
-WRAPPER = '/bin/sh -c "$BULKJOBS_COMMAND"; echo $? > "$BULKJOBS_EXIT_FILE"'
+#: The supervisor writes the command's exit status to EXIT_FILE and its own pid to PID_FILE
+#: in the job's work directory (a stopped job leaves no exit file), so a processor that
+#: restarts can still harvest a job it did not launch. The limits are set by the supervisor,
+#: not by a preexec_fn: a spawn with a preexec_fn forks this large Python process and blocks
+#: the event loop for ~20 ms.
+EXIT_FILE, PID_FILE = "exit_code", "pid"
 #: Headroom for the shell and the C library above the job's own memory limit.
 MEMORY_OVERHEAD_MB = 32
+SUPERVISOR = str(Path(__file__).with_name("local_supervisor.py"))
+#: Seconds the supervisor gets to kill the command's processes before it is killed itself.
+STOP_GRACE_S = 10.0
+#: Seconds a new supervisor gets to report its pid (it is one fork away).
+START_TIMEOUT_S = 10.0
+
+
+class _ForkServer:
+    """The process that forks every job's supervisor (local_supervisor.py): one per service
+    process, started on first use and again if it died. It ends by itself when this process
+    does (its control socket closes); supervisors it forked go on to finish their jobs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        self._owner = 0
+
+    def send(self, stdout: int, stderr: int, channel: int) -> None:
+        """Ask for a supervisor of a job with these descriptors (a second server if the
+        first one is gone)."""
+        for _ in range(2):
+            control = self._running()
+            try:
+                socket.send_fds(control, [b"j"], [stdout, stderr, channel])
+                return
+            except OSError:  # dead, or alive but not accepting: it is not asked again
+                self._forget()
+                if self._process is not None:
+                    self._process.kill()
+        raise ExecutorResourceError("the local executor's fork server is not accepting jobs")
+
+    def _running(self) -> socket.socket:
+        with self._lock:
+            alive = self._process is not None and self._process.poll() is None
+            if self._control is None or not alive or self._owner != os.getpid():
+                self._start()
+            assert self._control is not None
+            return self._control
+
+    def _start(self) -> None:
+        if self._control is not None:  # the last server's, dead or inherited through a fork
+            self._control.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            fd = theirs.fileno()
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", "-S", SUPERVISOR, str(fd)],
+                pass_fds=(fd,),
+                stdin=subprocess.DEVNULL,
+                # Not in our process group: a Ctrl-C meant for the service is not its concern.
+                start_new_session=True,
+            )
+        ours.settimeout(START_TIMEOUT_S)
+        self._control, self._owner = ours, os.getpid()
+
+    def _forget(self) -> None:
+        with self._lock:
+            if self._control is not None:
+                self._control.close()
+            self._control = None
+
+    def close(self) -> None:
+        """At exit: the server ends on its closed control socket (its jobs go on)."""
+        self._forget()
+        if self._process is not None and self._owner == os.getpid():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(STOP_GRACE_S)
+
+
+FORK_SERVER = _ForkServer()
+atexit.register(FORK_SERVER.close)
+
+
+class _Supervised:
+    """A job's supervisor, seen through its channel: its pid, then how it ended."""
+
+    def __init__(self, pid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.pid = pid
+        self.returncode: int | None = None
+        #: The command's peak resident memory in KiB, once it ended.
+        self.max_rss_kib: int | None = None
+        self._writer = writer
+        self._ended = asyncio.ensure_future(self._read_end(reader))
+
+    async def _read_end(self, reader: asyncio.StreamReader) -> None:
+        try:
+            line = await reader.readline()
+        finally:
+            self._writer.close()
+        if not line:  # killed before it could report (a SIGKILL to its group)
+            self.returncode = 128 + signal.SIGKILL
+            return
+        code, max_rss = line.split()
+        self.returncode, self.max_rss_kib = int(code), int(max_rss)
+
+    async def wait(self) -> int:
+        await asyncio.shield(self._ended)
+        assert self.returncode is not None
+        return self.returncode
+
+    def terminate(self) -> None:
+        os.kill(self.pid, signal.SIGTERM)
+
+
+async def _supervise(request: dict[str, Any], stdout: int, stderr: int) -> _Supervised:
+    """Have the fork server start a supervisor for `request` (see local_supervisor.py)."""
+    ours, theirs = socket.socketpair()
+    try:
+        with theirs:
+            FORK_SERVER.send(stdout, stderr, theirs.fileno())
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+    except BaseException:
+        ours.close()
+        raise
+    writer.write(json.dumps(request).encode() + b"\n")
+    await writer.drain()
+    try:
+        line = await asyncio.wait_for(reader.readline(), START_TIMEOUT_S)
+    except TimeoutError:
+        line = b""
+    if not line.strip().isdigit():
+        writer.close()
+        raise ExecutorResourceError("the local supervisor did not start the job")
+    return _Supervised(int(line), reader, writer)
 
 
 class _Run:
-    def __init__(self, process: asyncio.subprocess.Process, workdir: Path, deadline: float) -> None:
+    def __init__(self, process: _Supervised, workdir: Path, deadline: float) -> None:
         self.process = process
         self.workdir = workdir
         self.deadline = deadline
@@ -48,8 +187,14 @@ class _Run:
         self.watchdog: asyncio.Task[None] | None = None
 
 
+class LocalConfig(ExecutorConfig):
+    #: Where job output files go (default: BULKJOBS_LOCAL_WORK_DIR or the temp dir).
+    work_dir: Text | None = None
+
+
 class LocalExecutor:
     executor_type = "local"
+    config_model = LocalConfig
 
     def __init__(self, host: ExecutorHost, work_root: Path | None = None) -> None:
         self.host = host
@@ -65,26 +210,16 @@ class LocalExecutor:
         execution_id = f"local-{uuid.uuid4().hex[:16]}"
         workdir = self._workdir(execution_id)
         workdir.mkdir(parents=True)
-        # The child keeps its own copies of the log descriptors; ours close after the spawn.
+        # The supervisor gets its own copies of the log descriptors; ours close after.
         with (workdir / "stdout").open("wb") as out, (workdir / "stderr").open("wb") as err:
-            process = await asyncio.create_subprocess_exec(
-                "/bin/sh",
-                "-c",
-                WRAPPER,
-                stdout=out,
-                stderr=err,
-                stdin=asyncio.subprocess.DEVNULL,
-                cwd=job.working_directory or workdir,
-                env=_environment(env, job.command, workdir),
-                start_new_session=True,
-                preexec_fn=_limits(job),
+            process = await _supervise(
+                _request(job, _environment(env, workdir), workdir), out.fileno(), err.fileno()
             )
         run = _Run(process, workdir, time.monotonic() + job.timeout_seconds)
         run.watchdog = asyncio.create_task(
             self._enforce_timeout(run), name=f"timeout-{execution_id}"
         )
         self._runs[execution_id] = run
-        (workdir / "pid").write_text(str(process.pid))
         return LaunchResult(execution_id, {"pid": process.pid, "workdir": str(workdir)})
 
     async def _enforce_timeout(self, run: _Run) -> None:
@@ -92,8 +227,7 @@ class LocalExecutor:
             await asyncio.wait_for(run.process.wait(), max(0.0, run.deadline - time.monotonic()))
         except TimeoutError:
             run.timed_out = True
-            _kill_group(run.process.pid)
-            await run.process.wait()
+            await _stop_run(run.process)
 
     async def check_status(self, execution_id: str) -> ExecutionStatus:
         run = self._runs.get(execution_id)
@@ -107,20 +241,17 @@ class LocalExecutor:
             return ExecutionStatus("running")
         if run.timed_out:
             return ExecutionStatus("exited", None, "timeout")
-        exit_file = run.workdir / "exit_code"
-        if exit_file.exists():
-            return _exit_status(int(exit_file.read_text().strip() or 1))
-        return _exit_status(128 - code if code < 0 else code)
+        return _exit_status(code)
 
     def _status_from_files(self, execution_id: str) -> ExecutionStatus:
         """A job launched by another processor (this one restarted): read what it left."""
         workdir = self._workdir(execution_id)
         if not workdir.is_dir():
             return ExecutionStatus("not-found")
-        exit_file = workdir / "exit_code"
+        exit_file = workdir / EXIT_FILE
         if exit_file.exists():
             return _exit_status(int(exit_file.read_text().strip() or 1))
-        pid = int((workdir / "pid").read_text())
+        pid = int((workdir / PID_FILE).read_text())
         return (
             ExecutionStatus("running") if _alive(pid) else ExecutionStatus("failed", None, "lost")
         )
@@ -148,7 +279,7 @@ class LocalExecutor:
                 await run.watchdog
         status = await self.check_status(execution_id)
         stdout, stderr = await self.get_logs(execution_id)
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        max_rss = run.process.max_rss_kib if run is not None else None
         return HarvestResult(
             status=final_status(status.exit_code, status.reason),
             exit_code=status.exit_code,
@@ -156,33 +287,29 @@ class LocalExecutor:
             stderr=stderr,
             started_at=_started(self._workdir(execution_id)),
             finished_at=utcnow(),
-            # ru_maxrss of all children so far: an upper bound, in KiB on Linux.
-            max_memory_usage=usage.ru_maxrss * 1024,
+            # The command's peak RSS (KiB on Linux); unknown for a job another processor ran.
+            max_memory_usage=max_rss * 1024 if max_rss is not None else None,
             reason=status.reason,
         )
 
     async def stop(self, execution_id: str) -> None:
-        """Kill the process group, keeping its output files for the harvest."""
+        """Kill every process of the job, keeping its output files for the harvest."""
         run = self._runs.get(execution_id)
-        pid = run.process.pid if run else _pid_of(self._workdir(execution_id))
-        if pid is not None:
-            _kill_group(pid)
         if run is not None:
             run.timed_out = True
-            with contextlib.suppress(ProcessLookupError):
-                await run.process.wait()
+            await _stop_run(run.process)
+        else:
+            await _stop_pid(_pid_of(self._workdir(execution_id)))
 
     async def cleanup(self, execution_id: str) -> bool:
         run = self._runs.pop(execution_id, None)
         workdir = self._workdir(execution_id)
-        pid = run.process.pid if run else _pid_of(workdir)
-        if pid is not None:
-            _kill_group(pid)
         if run is not None:
-            with contextlib.suppress(ProcessLookupError):
-                await run.process.wait()
+            await _stop_run(run.process)
             if run.watchdog is not None:
                 run.watchdog.cancel()
+        else:
+            await _stop_pid(_pid_of(workdir))
         await asyncio.to_thread(_remove_tree, workdir)
         return True
 
@@ -206,7 +333,8 @@ class LocalExecutor:
             "supports_scaling": False,
             # Honest about what a process on the host does not get.
             "isolation": "none: the command runs as this service's user, on its filesystem"
-            " and network; memory (address space), CPU time and wall clock are limited",
+            " and network; memory (address space) and CPU time are limited per process, and"
+            " every process it starts is killed at its end, timeout or cancel",
         }
 
     async def aclose(self) -> None:
@@ -219,27 +347,28 @@ def _check_working_directory(job: ContainerJob) -> None:
         raise ExecutorResourceError(f"working_directory {job.working_directory} does not exist")
 
 
-def _environment(env: dict[str, str], command: str, workdir: Path) -> dict[str, str]:
+def _environment(env: dict[str, str], workdir: Path) -> dict[str, str]:
     base = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(workdir),
         "LANG": "C.UTF-8",
     }
-    return (
-        base | env | {"BULKJOBS_COMMAND": command, "BULKJOBS_EXIT_FILE": str(workdir / "exit_code")}
-    )
+    return base | env
 
 
-def _limits(job: ContainerJob) -> Any:
-    memory = (job.memory_limit + MEMORY_OVERHEAD_MB) * 1024 * 1024 if job.memory_limit else None
-    cpu_seconds = math.ceil(job.timeout_seconds * (job.cpu_limit or 1.0))
-
-    def apply() -> None:  # runs in the child, between fork and exec
-        if memory:
-            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
-
-    return apply
+def _request(job: ContainerJob, env: dict[str, str], workdir: Path) -> dict[str, Any]:
+    """What the supervisor runs: the command under a shell, its environment, directory and
+    limits, and where it leaves its pid and the command's exit status."""
+    memory = (job.memory_limit + MEMORY_OVERHEAD_MB) * 1024 * 1024 if job.memory_limit else 0
+    return {
+        "argv": ["/bin/sh", "-c", job.command],
+        "env": env,
+        "cwd": str(job.working_directory or workdir),
+        "pid_file": str(workdir / PID_FILE),
+        "exit_file": str(workdir / EXIT_FILE),
+        "address_space": memory,
+        "cpu_seconds": math.ceil(job.timeout_seconds * (job.cpu_limit or 1.0)),
+    }
 
 
 def _exit_status(code: int) -> ExecutionStatus:
@@ -248,6 +377,32 @@ def _exit_status(code: int) -> ExecutionStatus:
     if code == 128 + signal.SIGKILL:
         return ExecutionStatus("exited", code, "killed")
     return ExecutionStatus("exited", code)
+
+
+async def _stop_run(process: _Supervised) -> None:
+    """Ask the supervisor to kill everything and wait; kill its group if it does not end."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), STOP_GRACE_S)
+    except TimeoutError:
+        _kill_group(process.pid)
+        await process.wait()
+
+
+async def _stop_pid(pid: int | None) -> None:
+    """The same for a supervisor another processor started (no handle to wait on)."""
+    if pid is None or not _alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(int(STOP_GRACE_S / 0.05)):
+        if not _alive(pid):
+            return
+        await asyncio.sleep(0.05)
+    _kill_group(pid)
 
 
 def _kill_group(pid: int) -> None:
@@ -267,7 +422,7 @@ def _alive(pid: int) -> bool:
 
 def _pid_of(workdir: Path) -> int | None:
     with contextlib.suppress(OSError, ValueError):
-        return int((workdir / "pid").read_text())
+        return int((workdir / PID_FILE).read_text())
     return None
 
 
@@ -282,7 +437,7 @@ def _read_log(path: Path) -> str:
 
 def _started(workdir: Path) -> datetime | None:
     with contextlib.suppress(OSError):
-        return from_epoch((workdir / "pid").stat().st_mtime)
+        return from_epoch((workdir / PID_FILE).stat().st_mtime)
     return None
 
 

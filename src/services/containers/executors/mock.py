@@ -3,7 +3,8 @@
 The command decides what happens: `exit N` ends with code N, `sleep S` takes S seconds,
 `echo TEXT` prints TEXT, `fail-launch` raises a transient launch error (each attempt),
 `oom` ends as out of memory; anything else succeeds at once. executor_config may set
-`delay_s` for every job and `healthy: false` to fail health checks.
+`delay_s` for every job, `healthy: false` to fail health checks and `fail_launch: true` to
+fail every launch as an unreachable backend would (a host that is down, for failover tests).
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ConfigDict, Field
+
 from src.services.containers.executors.base import (
     ExecutionStatus,
     HarvestResult,
     LaunchResult,
     final_status,
 )
+from src.services.containers.executors.config import ExecutorConfig
 from src.services.containers.executors.errors import ExecutorConnectionError
-from src.services.containers.models import ContainerJob, ExecutorHost
 from src.services.domain import utcnow
+from src.services.domain.containers import ContainerJob, ExecutorHost
 
 
 @dataclass
@@ -35,8 +39,22 @@ class _Run:
     env: dict[str, str] = field(default_factory=dict)
 
 
+class MockConfig(ExecutorConfig):
+    """The mock stands in for any backend in tests and demos, so it takes any other key."""
+
+    model_config = ConfigDict(extra="allow")
+
+    #: Seconds each job takes.
+    delay_s: float = Field(0, ge=0, le=3600)
+    #: What health checks report.
+    healthy: bool = True
+    #: Fail every launch with a connection error, whatever the command.
+    fail_launch: bool = False
+
+
 class MockExecutor:
     executor_type = "mock"
+    config_model = MockConfig
 
     def __init__(self, host: ExecutorHost) -> None:
         self.host = host
@@ -48,6 +66,8 @@ class MockExecutor:
         words = shlex.split(job.command) or ["true"]
         if words[0] == "fail-launch":
             raise ExecutorConnectionError("mock: launch failed (as the command asked)")
+        if self.host.executor_config.get("fail_launch"):
+            raise ExecutorConnectionError(f"mock: host {self.host.name} is down (fail_launch)")
         run = _plan(words, self.delay_s)
         run.env = dict(env)
         execution_id = f"mock-{uuid.uuid4().hex[:12]}"

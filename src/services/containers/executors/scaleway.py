@@ -24,14 +24,15 @@ from src.services.containers.executors.base import (
     scrub,
     secret_values,
 )
+from src.services.containers.executors.config import ExecutorConfig, Text
 from src.services.containers.executors.errors import (
     ExecutorConfigurationError,
     ExecutorConnectionError,
     ExecutorError,
     ExecutorResourceError,
 )
-from src.services.containers.models import ContainerJob, ExecutorHost
 from src.services.domain import utcnow
+from src.services.domain.containers import ContainerJob, ExecutorHost
 
 API_URL = "https://api.scaleway.com/serverless-jobs/v1alpha1/regions/{region}"
 REQUIRED_KEYS = ("region", "job_definition_id", "secret_key")
@@ -40,8 +41,17 @@ RUNNING_STATES = frozenset({"unknown_state", "queued", "scheduled", "running"})
 TIMEOUT_REASON = "timeout"
 
 
+class ScalewayConfig(ExecutorConfig):
+    region: Text | None = None
+    job_definition_id: Text | None = None
+    secret_key: Text | None = None
+    #: The API base URL; `{region}` is filled in.
+    api_url: Text | None = None
+
+
 class ScalewayExecutor:
     executor_type = "scaleway"
+    config_model = ScalewayConfig
 
     def __init__(self, host: ExecutorHost) -> None:
         self.host = host

@@ -12,10 +12,10 @@ from enum import StrEnum
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from src.services.domain import utcnow
-from src.services.errors import Conflict, InvalidInput
+from src.services.errors import BulkJobError, Conflict, InvalidInput
 
 ExecutorType = Literal["local", "docker", "cloudrun", "fargate", "scaleway", "mock"]
 EXECUTOR_TYPES: tuple[ExecutorType, ...] = (
@@ -36,7 +36,16 @@ EXECUTOR_NAMES = {
 }
 #: Executors that run where the service runs, so images from a localhost registry work.
 LOCAL_EXECUTORS = frozenset({"local", "docker", "mock"})
+#: Consecutive failures (health probes and launches that failed for the host's sake) that
+#: take a host out of routing, unless BULKJOBS_HOST_FAILURE_THRESHOLD says otherwise.
 MAX_HEALTH_FAILURES = 3
+#: The host every fresh store has, so local container jobs need no set-up.
+DEFAULT_LOCAL_HOST = {
+    "id": "local",
+    "name": "local",
+    "executor_type": "local",
+    "max_concurrent_jobs": 4,
+}
 
 
 class ContainerJobStatus(StrEnum):
@@ -57,13 +66,14 @@ TERMINAL_STATUSES = frozenset({S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED})
 ACTIVE_STATUSES = frozenset({S.LAUNCHING, S.RUNNING})
 
 #: Allowed transitions. pending -> queued when a processor claims the job; launching ->
-#: retrying after a transient launch error; retrying -> queued for the next attempt.
-#: Convex mirrors this table in convex/containerJobs.ts.
+#: retrying after a transient launch error, running -> retrying after an exit its exit retry
+#: policy runs again; retrying -> queued for the next attempt.
+#: Convex mirrors this table in convex/model/containers.ts.
 TRANSITIONS: dict[ContainerJobStatus, frozenset[ContainerJobStatus]] = {
     S.PENDING: frozenset({S.QUEUED, S.LAUNCHING, S.RUNNING, S.CANCELLED, S.FAILED}),
     S.QUEUED: frozenset({S.LAUNCHING, S.CANCELLED, S.FAILED, S.PENDING}),
     S.LAUNCHING: frozenset({S.RUNNING, S.FAILED, S.RETRYING, S.CANCELLED, S.TIMEOUT, S.COMPLETED}),
-    S.RUNNING: frozenset({S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED}),
+    S.RUNNING: frozenset({S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED, S.RETRYING}),
     S.RETRYING: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
     S.COMPLETED: frozenset(),
     S.FAILED: frozenset(),
@@ -78,7 +88,27 @@ def check_transition(old: ContainerJobStatus | str, new: ContainerJobStatus | st
         raise Conflict(f"a container job cannot go from {old} to {new}")
 
 
-# -- environment variables ---------------------------------------------------------------
+#: Seconds a bulk creation's reservation of jobs still to write lasts: a creator that died
+#: midway holds its owner's quota no longer than this.
+HOLD_TTL_S = 600.0
+
+
+class ContainerQuota(BaseModel):
+    """The per-user cap on unfinished container jobs, checked in the transaction that writes
+    them: for each owner of the new jobs, unfinished jobs plus jobs reserved (by creations
+    under way) plus the new ones may not pass `max_unfinished` (else
+    ContainerQuotaExceeded, and nothing is written). A creation in several transactions
+    passes the same `hold_id` to each: `hold` (> 0 on the first) reserves that many jobs
+    for the calls that follow, which draw on the reservation instead of counting again, so
+    no concurrent creation can take their room and the creation is refused whole or not
+    at all. A reservation ends when used up, or after HOLD_TTL_S."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_unfinished: int = Field(ge=0)
+    hold_id: str | None = None
+    hold: int = Field(0, ge=0)
+
 
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -101,8 +131,6 @@ def parse_env_text(text: str, field: str = "environment_variables_text") -> dict
 def format_env_text(variables: dict[str, str]) -> str:
     return "".join(f"{key}={value}\n" for key, value in variables.items())
 
-
-# -- timestamps in logs --------------------------------------------------------------------
 
 LOG_TIMESTAMP = re.compile(
     r"^\s*\[?\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?\]?\s?"
@@ -129,9 +157,6 @@ def redact(config: Any) -> Any:
     if isinstance(config, list):
         return [redact(item) for item in config]
     return config
-
-
-# -- models --------------------------------------------------------------------------------
 
 
 class EnvironmentVariableTemplate(BaseModel):
@@ -172,21 +197,26 @@ class ExecutorHost(BaseModel):
     cost_per_job: float | None = Field(None, ge=0)
     #: Seconds from launch to running, on average.
     average_startup_time: float | None = Field(None, ge=0)
+    #: When the host's health was last probed (or checked by hand), whatever the result.
     last_health_check: datetime | None = None
-    #: Consecutive failed health checks; 3 or more makes the host unavailable.
+    #: Consecutive failures: failed probes, and launches that failed for the host's sake. A
+    #: probe that succeeds resets it.
     health_check_failures: int = Field(0, ge=0)
+    #: False once health_check_failures reached the failure threshold: routing and failover
+    #: skip the host until a probe succeeds.
+    healthy: bool = True
+    #: Why the last probe or launch failed; None after a probe that succeeded.
+    last_health_error: str | None = None
+    #: When the next periodic probe is due; a worker that claims it moves it one interval on.
+    next_probe_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
     def is_available(self) -> bool:
-        return (
-            self.is_active
-            and self.current_job_count < self.max_concurrent_jobs
-            and self.health_check_failures < MAX_HEALTH_FAILURES
-        )
+        return self.is_active and self.current_job_count < self.max_concurrent_jobs and self.healthy
 
     def is_healthy(self) -> bool:
-        return self.health_check_failures < MAX_HEALTH_FAILURES
+        return self.healthy
 
     def get_capacity_info(self) -> dict[str, Any]:
         return {
@@ -218,6 +248,54 @@ class ExecutorHost(BaseModel):
     def __repr__(self) -> str:
         # The default repr would print executor_config, credentials included.
         return f"ExecutorHost(id={self.id!r}, name={self.name!r}, type={self.executor_type!r})"
+
+
+#: Exit codes an exit retry policy may name (0 is success; signals read as 128 + n, or -n).
+EXIT_CODES = (-255, 255)
+
+
+class ExitRetryPolicy(BaseModel):
+    """Runs a job again when its container exits with one of `retry_on_exit_codes`: up to
+    `max_retries` more runs, the n-th after backoff(n - 1, backoff_s) seconds (doubling, with
+    jitter). Apart from the job's own `max_retries`, which retries failed launches."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retry_on_exit_codes: list[int] = Field(min_length=1, max_length=50)
+    max_retries: int = Field(3, ge=1, le=10)
+    #: Seconds before the first rerun; each later one waits about twice as long (<= 30 s).
+    backoff_s: float = Field(1.0, gt=0, le=30)
+
+    @field_validator("retry_on_exit_codes")
+    @classmethod
+    def _non_zero(cls, codes: list[int]) -> list[int]:
+        low, high = EXIT_CODES
+        for code in codes:
+            if code == 0 or not low <= code <= high:
+                raise ValueError(f"{code} is not a failing exit code (non-zero, {low} to {high})")
+        return codes
+
+
+class ExitAttempt(BaseModel):
+    """One run of a job that has an exit retry policy, as it ended."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: 1 for the first run.
+    attempt: int = Field(ge=1)
+    #: completed, failed or timeout.
+    status: ContainerJobStatus
+    exit_code: int | None
+    #: Why it failed (the executor's reason, else the end of stderr); empty when it did not.
+    error: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime
+    #: Seconds waited before the next run; None when no run followed.
+    retry_in_s: float | None = None
+
+
+class TemplateNotLoaded(BulkJobError):
+    """A job's own environment template was asked for before the service loaded it."""
 
 
 class ContainerJob(BaseModel):
@@ -267,6 +345,22 @@ class ContainerJob(BaseModel):
     item_key: str | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    #: (template id, the template or None if it is gone) once the service loaded the job's own
+    #: template; never stored or sent (templates hold shared secrets).
+    _template: tuple[str, EnvironmentVariableTemplate | None] | None = PrivateAttr(None)
+    #: Claims by processors so far; a hand-back (a processor stopping cleanly) does not count.
+    attempts: int = Field(0, ge=0)
+    #: Why the last processor attempt failed (the job is claimed again after a back-off).
+    last_error: str | None = None
+    #: Created by a caller who is not an admin: it runs only on hosts that isolate it
+    #: (`isolation_refusal`), whoever moves, restarts or re-routes it later.
+    untrusted: bool = False
+    #: The caller chose the host: failover never moves the job elsewhere.
+    host_pinned: bool = False
+    #: Runs the job again after some non-zero exits (None: a failing exit is final).
+    exit_retry: ExitRetryPolicy | None = None
+    #: Each run so far of a job with an exit retry policy.
+    exit_attempts: list[ExitAttempt] = []
 
     @property
     def duration(self) -> timedelta | None:
@@ -299,9 +393,28 @@ class ContainerJob(BaseModel):
     def get_all_environment_variables(
         self, template: EnvironmentVariableTemplate | None = None
     ) -> dict[str, str]:
-        """The template's variables, then the job's overrides on top."""
+        """The template's variables, then the job's overrides on top. Without `template`, the
+        job's own, as `container_jobs` loaded it (create_job, get_job, list_jobs and
+        resolve_template hand jobs out with it); TemplateNotLoaded otherwise."""
+        if template is None and self.environment_template_id is not None:
+            template = self._own_template()
         base = template.get_environment_variables_dict() if template else {}
         return base | self.get_override_environment_variables_dict()
+
+    def attach_template(self, template: EnvironmentVariableTemplate | None) -> ContainerJob:
+        """Keep the job's own template (None: it no longer exists); returns the job."""
+        if self.environment_template_id is not None:
+            self._template = (self.environment_template_id, template)
+        return self
+
+    def _own_template(self) -> EnvironmentVariableTemplate | None:
+        if self._template is None or self._template[0] != self.environment_template_id:
+            raise TemplateNotLoaded(
+                f"job {self.id} uses template {self.environment_template_id}, which is not"
+                " loaded: pass it, or get the job through container_jobs (or await"
+                " container_jobs.resolve_template(job))"
+            )
+        return self._template[1]
 
     def get_network_names(self) -> list[str]:
         return [
@@ -344,6 +457,26 @@ class ContainerJob(BaseModel):
         return f"{self.name or self.docker_image} ({self.status}){suffix}"
 
 
+def runs_untrusted(host: ExecutorHost) -> bool:
+    """Whether a non-admin's job may run on the host: the local executor isolates nothing,
+    so only when its config says `allow_untrusted_jobs`."""
+    return host.executor_type != "local" or bool(host.executor_config.get("allow_untrusted_jobs"))
+
+
+def isolation_refusal(host: ExecutorHost, untrusted: bool) -> str | None:
+    """Why `host` may not run a job (a non-admin's when `untrusted`), or None when it may.
+
+    The one host-assignment rule: creation, routing, migration, restart, retry and failover
+    all ask it, and so do both stores when they write a job's host."""
+    if not untrusted or runs_untrusted(host):
+        return None
+    return (
+        f"host {host.name} runs commands without isolation (local executor) and this is a"
+        " non-admin's job; only admins' jobs may run there, unless the host's executor_config"
+        " sets allow_untrusted_jobs"
+    )
+
+
 def is_private_image(image: str) -> bool:
     """An image from a registry on this machine, which a cloud executor cannot pull."""
     registry = image.split("/", 1)[0] if "/" in image else ""
@@ -368,6 +501,7 @@ class ContainerJobSpec(BaseModel):
     preferred_executor: ExecutorType | None = None
     priority: int = Field(0, ge=-100, le=100)
     max_retries: int = Field(0, ge=0, le=10)
+    exit_retry: ExitRetryPolicy | None = None
     bulk_job_id: str | None = None
     item_key: str | None = Field(None, max_length=500)
 

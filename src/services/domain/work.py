@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from src.services.domain import DEFAULT_MAX_ATTEMPTS
+
 WorkStatus = Literal["pending", "running", "completed", "failed"]
 Outcome = Literal["completed", "failed"]
 #: applied: this report finished the item; duplicate: this same report (key) was applied
@@ -17,8 +19,6 @@ Outcome = Literal["completed", "failed"]
 AckState = Literal["applied", "duplicate", "stale", "missing"]
 
 WORK_STATUSES: tuple[WorkStatus, ...] = ("pending", "running", "completed", "failed")
-#: Claims of an item before it is given up as failed (its workers kept dying).
-DEFAULT_MAX_ATTEMPTS = 5
 #: Most items one claim, report, heartbeat or enqueue call handles.
 MAX_WORK_BATCH = 200
 
