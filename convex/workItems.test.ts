@@ -117,6 +117,32 @@ describe("workItems", () => {
     expect(finished?.leaseOwner).toBeUndefined();
   });
 
+  test("a report reads its item by the claim's ref; a foreign or stale ref falls back", async () => {
+    const t = setup();
+    await enqueue(t, "a", "b", "c");
+    const [a, b, c] = await claim(t, "w1");
+    const report = (reports: (ReturnType<typeof done> & { ref?: string })[]) =>
+      t.mutation(internal.workItems.report, { reports });
+    expect(await report([{ ...done("a", "k1"), ref: a.ref }])).toEqual([
+      { key: "k1", state: "applied" },
+    ]);
+    // b's report carrying c's ref still finishes b, never c; garbage is ignored too.
+    expect(
+      await report([
+        { ...done("b", "k2"), ref: c.ref },
+        { ...done("c", "k3"), ref: "not-an-id" },
+      ]),
+    ).toEqual([
+      { key: "k2", state: "applied" },
+      { key: "k3", state: "applied" },
+    ]);
+    for (const itemId of ["a", "b", "c"]) {
+      const finished = await t.query(internal.workItems.get, { itemId });
+      expect(finished).toMatchObject({ status: "completed", result: { ok: itemId } });
+    }
+    expect(b.ref).not.toEqual(c.ref);
+  });
+
   test("release makes an item claimable at once without using an attempt", async () => {
     const t = setup();
     await enqueue(t, "a");

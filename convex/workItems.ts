@@ -3,7 +3,7 @@
 import { v } from "convex/values";
 import { internalMutation, internalQuery } from "./_generated/server";
 import * as work from "./model/workItems";
-import { itemView, newItem, reportAck, workReport } from "./model/workItems";
+import { claimedView, itemView, newItem, reportAck, workReport } from "./model/workItems";
 
 // One transaction: all of the batch (at most MAX_WORK_BATCH = 200 items) or nothing.
 export const enqueueBatch = internalMutation({
@@ -12,7 +12,8 @@ export const enqueueBatch = internalMutation({
   handler: work.enqueueBatch,
 });
 
-// Pending items of `operations` (any when absent), then expired leases, oldest first.
+// Pending items of `operations` (any when absent), then expired leases, oldest first; each
+// with its document id (`ref`), which its report may send back to skip an index lookup.
 export const claim = internalMutation({
   args: {
     owner: v.string(),
@@ -20,7 +21,7 @@ export const claim = internalMutation({
     limit: v.number(),
     leaseMs: v.number(),
   },
-  returns: v.array(itemView),
+  returns: v.array(claimedView),
   handler: work.claim,
 });
 

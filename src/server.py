@@ -12,7 +12,8 @@ for as long as the client likes (slowloris). Its protocol here adds, per connect
 - a cap on open connections per client address (BULKJOBS_MAX_CONNECTIONS_PER_CLIENT).
 
 Past a deadline the client gets a 408 (unless a response started) and the connection is
-closed; past the cap, a 503 at once; headers over MAX_HEADER_BYTES, a 431.
+closed (a short lingering close, so that the answer is not lost); past the cap, a 503 at
+once; headers over MAX_HEADER_BYTES, a 431.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from src.config import Settings
 
 MAX_HEADER_BYTES = 64 * 1024
+#: Seconds a refused connection stays half-open, reading and dropping what the client still
+#: sends, before it is closed for good.
+LINGER_S = 2.0
 #: Seconds an idle keep-alive connection stays open (uvicorn's own bound).
 KEEP_ALIVE_S = 5
 
@@ -67,6 +71,7 @@ class GuardedProtocol(HttpToolsProtocol):
     _deadline: asyncio.TimerHandle | None = None
     _in_headers = True
     _header_bytes = 0
+    _lingering = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]  # uvicorn narrows it
@@ -76,6 +81,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._arm(self.limits.header_timeout_s)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # the refusal is sent: what the client still sends is read and dropped
         if self._in_headers:
             self._header_bytes += len(data)
         super().data_received(data)
@@ -134,7 +141,26 @@ class GuardedProtocol(HttpToolsProtocol):
                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
             )
             self.transport.write(head.encode() + body)
-        self.transport.close()
+            self._linger()
+        else:
+            self.transport.close()
+
+    def _linger(self) -> None:
+        """Close after the refusal without losing it. Closing a socket whose input was not
+        all read sends a reset, and a reset can destroy the answer before the client reads
+        it (a client still trickling its request never sees its 408). So: end our side
+        (FIN after the answer), drop what still arrives, and close once the client closes
+        or LINGER_S has passed. The app sees the request as disconnected at once."""
+        self._lingering = True
+        if self.cycle is not None:
+            if not self.cycle.response_complete:
+                self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
 
 def _address(connection: object) -> str | None:

@@ -58,14 +58,19 @@ export const workReport = v.object({
   key: v.string(),
   result: v.optional(v.any()),
   error: v.optional(v.string()),
+  // The item's document id, as its claim answered it: read with db.get instead of an index
+  // lookup. Checked against itemId; a stale or foreign ref falls back to the index.
+  ref: v.optional(v.string()),
 });
 export const reportAck = v.object({ key: v.string(), state: ackState });
 const { reportKey: _reportKey, updatedAt: _updatedAt, ...viewFields } = workFields;
 export const itemView = v.object(viewFields);
+export const claimedView = v.object({ ...viewFields, ref: v.id("workItems") });
 
 type NewItem = Infer<typeof newItem>;
 type WorkReport = Infer<typeof workReport>;
 type ItemView = Infer<typeof itemView>;
+type ClaimedView = Infer<typeof claimedView>;
 type Item = Doc<"workItems">;
 
 const FINISHED: readonly WorkStatus[] = ["completed", "failed"];
@@ -156,12 +161,12 @@ async function claimable(ctx: QueryCtx, wanted: Set<string> | null, limit: numbe
 export async function claim(
   ctx: MutationCtx,
   args: { owner: string; operations?: string[]; limit: number; leaseMs: number },
-): Promise<ItemView[]> {
+): Promise<ClaimedView[]> {
   const limit = Math.max(0, Math.min(Math.floor(args.limit), MAX_WORK_BATCH));
   if (limit === 0 || args.operations?.length === 0) return [];
   const now = Date.now();
   const wanted = args.operations === undefined ? null : new Set(args.operations);
-  const claimed: ItemView[] = [];
+  const claimed: ClaimedView[] = [];
   for (const item of await claimable(ctx, wanted, limit, now)) {
     if (item.attempts >= item.maxAttempts) {
       await ctx.db.patch(item._id, {
@@ -181,7 +186,7 @@ export async function claim(
         updatedAt: now,
       };
       await ctx.db.patch(item._id, lease);
-      claimed.push(toView({ ...item, ...lease }));
+      claimed.push({ ...toView({ ...item, ...lease }), ref: item._id });
     }
   }
   return claimed;
@@ -205,8 +210,14 @@ export async function heartbeat(
   return lost;
 }
 
+async function reportedDoc(ctx: MutationCtx, report: WorkReport) {
+  const id = report.ref === undefined ? null : ctx.db.normalizeId("workItems", report.ref);
+  const byRef = id === null ? null : await ctx.db.get(id);
+  return byRef?.itemId === report.itemId ? byRef : await itemDoc(ctx, report.itemId);
+}
+
 async function applyReport(ctx: MutationCtx, report: WorkReport, now: number) {
-  const item = await itemDoc(ctx, report.itemId);
+  const item = await reportedDoc(ctx, report);
   const ack = (state: AckState) => ({ key: report.key, state });
   if (!item) return ack("missing");
   if (item.reportKey === report.key) return ack("duplicate");

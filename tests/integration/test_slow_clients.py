@@ -116,6 +116,16 @@ async def test_trickling_does_not_extend_the_deadline(server: Server) -> None:
     writer.close()
 
 
+async def test_a_refused_client_still_sending_reads_its_answer(server: Server) -> None:
+    # Headers far past the cap, in one write: the server answers 431 while most of them are
+    # still arriving. Closing the socket outright with input unread sends a reset, which
+    # destroys the unread answer on the client's side; the lingering close keeps it.
+    reader, writer = await server.connect()
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * 4_000_000)
+    assert (await answer(reader)).startswith(b"HTTP/1.1 431")
+    writer.close()
+
+
 async def test_huge_headers_are_431(server: Server) -> None:
     reader, writer = await server.connect()
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n")

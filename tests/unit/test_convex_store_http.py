@@ -38,6 +38,7 @@ import pytest
 import respx
 
 import src.services.store.convex as convex_module
+from src.services.domain.work import WorkReport
 from src.services.errors import (
     Conflict,
     HostFull,
@@ -50,6 +51,7 @@ from src.services.errors import (
     StoreUnavailable,
 )
 from src.services.store.convex import ConvexStore, decode, encode
+from src.services.store.convex_work import ClaimRefs
 
 URL = "https://happy-otter-123.convex.cloud"
 QUERY = f"{URL}/api/query"
@@ -346,3 +348,52 @@ def test_encode_is_decodes_inverse_for_what_plain_json_cannot_say() -> None:
     assert round_trip["ninf"] == float("-inf")
     assert round_trip["raw"] == b"\x00\x01"
     assert round_trip["ok"] == [1, 0.5]
+
+
+def claimed(item_id: str, ref: str) -> dict[str, Any]:
+    return {
+        "itemId": item_id,
+        "operation": "noop",
+        "status": "running",
+        "attempts": 1,
+        "maxAttempts": 3,
+        "createdAt": 1_000,
+        "leaseOwner": "w1",
+        "leaseExpiresAt": 61_000,
+        "ref": ref,
+    }
+
+
+def success(value: Any) -> httpx.Response:
+    return httpx.Response(200, json={"status": "success", "value": value})
+
+
+@respx.mock
+async def test_a_report_hands_back_the_ref_its_claim_answered_once(store: ConvexStore) -> None:
+    sent: list[dict[str, Any]] = []
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        sent.append(body)
+        if body["path"] == "workItems:claim":
+            return success([claimed("a", "ref-a"), claimed("b", "ref-b")])
+        if body["path"] == "workItems:report":
+            return success([{"key": r["key"], "state": "applied"} for r in body["args"]["reports"]])
+        return success(None)
+
+    respx.post(MUTATION).mock(side_effect=reply)
+    items = await store.work_claim("w1", None, 10, 60)
+    assert [item.id for item in items] == ["a", "b"]
+    await store.work_release("w1", ["b"])
+    done = [WorkReport(item_id, "w1", "completed", f"k-{item_id}") for item_id in "ab"]
+    await store.work_report(done)
+    await store.work_report(done[:1])  # sent again: no ref left to send
+    reports = [body["args"]["reports"] for body in sent if body["path"] == "workItems:report"]
+    assert [r.get("ref") for r in reports[0]] == ["ref-a", None]
+    assert reports[1][0].get("ref") is None
+
+
+def test_claim_refs_are_bounded_oldest_first() -> None:
+    refs = ClaimRefs(size=2)
+    refs.remember([claimed("a", "1"), claimed("b", "2"), claimed("c", "3")])
+    assert [refs.take("a"), refs.take("b"), refs.take("c")] == [None, "2", "3"]

@@ -75,7 +75,7 @@ from src.services.store.base import MAX_PAGE
 from src.services.store.convex_containers import ConvexContainerOps, failure_args
 from src.services.store.convex_tokens import ConvexTokenOps
 from src.services.store.convex_webhooks import ConvexWebhookOps
-from src.services.store.convex_work import ConvexWorkOps
+from src.services.store.convex_work import ClaimRefs, ConvexWorkOps
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +321,7 @@ class ConvexStore(ConvexContainerOps, ConvexWorkOps, ConvexTokenOps, ConvexWebho
         )
         self._gate = asyncio.Semaphore(max_in_flight)
         self._retries = retries
+        self._claim_refs = ClaimRefs()
         self.url = url
 
     async def _call(self, kind: Kind, path: str, args: Mapping[str, Any]) -> Any:

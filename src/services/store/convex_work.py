@@ -4,6 +4,7 @@ functions. Times travel as epoch milliseconds and come back as epoch seconds."""
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,12 +44,45 @@ def _check_batch(size: int) -> None:
         raise InvalidInput("items", f"at most {MAX_WORK_BATCH} work items per call")
 
 
+# Claimed items whose report has not been sent yet, by item id: their Convex document ids.
+# A worker that loses items (lease expired, never reported) drops the oldest past this size.
+MAX_CLAIM_REFS = 10_000
+
+
+class ClaimRefs:
+    """The document id (`ref`) each claim answered, handed back with the item's report so that
+    the report reads its document directly instead of through the by_itemId index. Only a
+    shortcut: a report without one (from an outbox replayed by another process) is looked up
+    by id, and the function checks that the ref names the same item."""
+
+    def __init__(self, size: int = MAX_CLAIM_REFS) -> None:
+        self._refs: OrderedDict[str, str] = OrderedDict()
+        self._size = size
+
+    def remember(self, docs: list[dict[str, Any]]) -> None:
+        for doc in docs:
+            if "ref" in doc:
+                self._refs[doc["itemId"]] = doc["ref"]
+                self._refs.move_to_end(doc["itemId"])
+        while len(self._refs) > self._size:
+            self._refs.popitem(last=False)
+
+    def take(self, item_id: str) -> str | None:
+        return self._refs.pop(item_id, None)
+
+    def forget(self, item_ids: list[str]) -> None:
+        for item_id in item_ids:
+            self._refs.pop(item_id, None)
+
+
 def _present(values: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
 class ConvexWorkOps:
     """Mixed into ConvexStore, whose `_call` sends one function call."""
+
+    _claim_refs: ClaimRefs
 
     if TYPE_CHECKING:
 
@@ -86,7 +120,9 @@ class ConvexWorkOps:
             "limit": min(limit, MAX_WORK_BATCH),
             "leaseMs": lease_s * 1000,
         }
-        return [_item(doc) for doc in await self._call("mutation", "workItems:claim", args)]
+        docs = await self._call("mutation", "workItems:claim", args)
+        self._claim_refs.remember(docs)
+        return [_item(doc) for doc in docs]
 
     async def work_heartbeat(self, owner: str, item_ids: list[str], lease_s: float) -> list[str]:
         _check_batch(len(item_ids))
@@ -108,6 +144,7 @@ class ConvexWorkOps:
                     "key": report.key,
                     "result": report.result,
                     "error": report.error,
+                    "ref": self._claim_refs.take(report.item_id),
                 }
             )
             for report in reports
@@ -118,6 +155,7 @@ class ConvexWorkOps:
     async def work_release(self, owner: str, item_ids: list[str]) -> None:
         _check_batch(len(item_ids))
         if item_ids:
+            self._claim_refs.forget(item_ids)
             args = {"owner": owner, "itemIds": item_ids}
             await self._call("mutation", "workItems:release", args)
 
