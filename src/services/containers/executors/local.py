@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -156,12 +157,26 @@ class _Supervised:
         os.kill(self.pid, signal.SIGTERM)
 
 
-async def _supervise(request: dict[str, Any], stdout: int, stderr: int) -> _Supervised:
-    """Have the fork server start a supervisor for `request` (see local_supervisor.py)."""
+def _hand_over(workdir: Path) -> socket.socket:
+    """Create the job's folder and log files and hand them, with one end of a new channel,
+    to the fork server; returns our end. Blocking file and socket calls: run in a thread, so
+    that the event loop other jobs share does not wait on the filesystem."""
+    workdir.mkdir(parents=True)
     ours, theirs = socket.socketpair()
     try:
-        with theirs:
-            FORK_SERVER.send(stdout, stderr, theirs.fileno())
+        # The supervisor gets its own copies of the descriptors; ours close after.
+        with theirs, (workdir / "stdout").open("wb") as out, (workdir / "stderr").open("wb") as err:
+            FORK_SERVER.send(out.fileno(), err.fileno(), theirs.fileno())
+    except BaseException:
+        ours.close()
+        raise
+    return ours
+
+
+async def _supervise(request: dict[str, Any], workdir: Path) -> _Supervised:
+    """Have the fork server start a supervisor for `request` (see local_supervisor.py)."""
+    ours = await asyncio.to_thread(_hand_over, workdir)
+    try:
         reader, writer = await asyncio.open_unix_connection(sock=ours)
     except BaseException:
         ours.close()
@@ -209,12 +224,7 @@ class LocalExecutor:
         _check_working_directory(job)
         execution_id = f"local-{uuid.uuid4().hex[:16]}"
         workdir = self._workdir(execution_id)
-        workdir.mkdir(parents=True)
-        # The supervisor gets its own copies of the log descriptors; ours close after.
-        with (workdir / "stdout").open("wb") as out, (workdir / "stderr").open("wb") as err:
-            process = await _supervise(
-                _request(job, _environment(env, workdir), workdir), out.fileno(), err.fileno()
-            )
+        process = await _supervise(_request(job, _environment(env, workdir), workdir), workdir)
         run = _Run(process, workdir, time.monotonic() + job.timeout_seconds)
         run.watchdog = asyncio.create_task(
             self._enforce_timeout(run), name=f"timeout-{execution_id}"
@@ -267,8 +277,8 @@ class LocalExecutor:
             await asyncio.wait_for(asyncio.shield(run.process.wait()), timeout_s)
 
     async def get_logs(self, execution_id: str) -> tuple[str, str]:
-        workdir = self._workdir(execution_id)
-        return _read_log(workdir / "stdout"), _read_log(workdir / "stderr")
+        # Up to 2 MiB each: read in a thread, not on the event loop the other jobs share.
+        return await asyncio.to_thread(_read_logs, self._workdir(execution_id))
 
     async def harvest_job(self, job: ContainerJob) -> HarvestResult:
         execution_id = job.get_execution_identifier()
@@ -426,6 +436,10 @@ def _pid_of(workdir: Path) -> int | None:
     return None
 
 
+def _read_logs(workdir: Path) -> tuple[str, str]:
+    return _read_log(workdir / "stdout"), _read_log(workdir / "stderr")
+
+
 def _read_log(path: Path) -> str:
     if not path.exists():
         return ""
@@ -442,6 +456,4 @@ def _started(workdir: Path) -> datetime | None:
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
