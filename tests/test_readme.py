@@ -188,7 +188,7 @@ def example_com() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if shutil.which("curl") is None:
-        pytest.skip("the README's examples use curl, which is not installed")
+        pytest.skip(reason="the README's examples use curl, which is not installed")
     with serve(tmp_path_factory.mktemp("readme-server")) as started:
         yield started
 

@@ -60,7 +60,7 @@ def plain() -> Iterator[Server]:
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
+        pytest.skip(reason="openssl is needed to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subject = ["-days", "1", "-subj", "/CN=svc.test", "-addext", "subjectAltName=DNS:svc.test"]
     files = ["-keyout", str(key), "-out", str(cert)]
