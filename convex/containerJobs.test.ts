@@ -5,7 +5,7 @@ import { COUNT_CAP } from "./model/containerJobs";
 import { MAX_BATCH, NewJob, TRANSITIONS } from "./model/containers";
 import { HOLD_TTL_MS } from "./model/quotas";
 import schema from "./schema";
-import { modules } from "./test.setup";
+import { modules, newContainerJob } from "./test.setup";
 
 function setup() {
   return convexTest({ schema, modules, transactionLimits: true });
@@ -15,35 +15,7 @@ type T = ReturnType<typeof setup>;
 let counter = 0;
 
 function newJob(extra: Partial<NewJob> = {}): NewJob {
-  const now = Date.now();
-  return {
-    jobId: `j${++counter}`,
-    status: "pending",
-    name: "",
-    description: "",
-    dockerImage: "busybox",
-    command: "",
-    workingDirectory: "",
-    timeoutSeconds: 3600,
-    overrideEnvironment: "",
-    networkConfiguration: [],
-    executionId: "",
-    stdoutLog: "",
-    stderrLog: "",
-    dockerLog: "",
-    createdAt: now,
-    updatedAt: now,
-    executorType: "mock",
-    externalExecutionId: "",
-    executorMetadata: {},
-    routingReason: "",
-    priority: 0,
-    maxRetries: 0,
-    retryCount: 0,
-    statusMessage: "",
-    hostId: "h1",
-    ...extra,
-  };
+  return newContainerJob(`j${++counter}`, extra);
 }
 
 function newHost(hostId = "h1", extra: Record<string, unknown> = {}) {

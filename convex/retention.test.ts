@@ -2,7 +2,7 @@ import { convexTest } from "convex-test";
 import { describe, expect, test } from "vitest";
 import { internal } from "./_generated/api";
 import schema from "./schema";
-import { modules } from "./test.setup";
+import { modules, newContainerJob } from "./test.setup";
 
 // Transaction limits on: a step that read or wrote too much would throw here as it would
 // on a deployment.
@@ -49,36 +49,16 @@ describe("deleteJob", () => {
 // Ten at a time: each insert batch must itself fit a transaction's writes.
 async function addContainerJobs(t: T, bulkJobId: string, batch: number) {
   await t.run(async (ctx) => {
-    const now = Date.now();
     for (let i = 0; i < 10; i++) {
-      await ctx.db.insert("containerJobs", {
-        jobId: `${bulkJobId}-b${batch}-c${i}`,
+      const job = newContainerJob(`${bulkJobId}-b${batch}-c${i}`, {
         status: "completed",
-        negPriority: 0,
-        name: "",
-        description: "",
-        dockerImage: "busybox",
-        command: "",
-        workingDirectory: "",
         timeoutSeconds: 60,
-        overrideEnvironment: "",
-        networkConfiguration: [],
-        executionId: "",
         stdoutLog: LOG,
         stderrLog: LOG,
         dockerLog: LOG,
-        createdAt: now,
-        updatedAt: now,
-        executorType: "mock",
-        externalExecutionId: "",
-        executorMetadata: {},
-        routingReason: "",
-        priority: 0,
-        maxRetries: 0,
-        retryCount: 0,
-        statusMessage: "",
         bulkJobId,
-      } as never);
+      });
+      await ctx.db.insert("containerJobs", { ...job, negPriority: 0 } as never);
     }
   });
 }

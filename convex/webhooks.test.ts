@@ -2,7 +2,7 @@ import { convexTest } from "convex-test";
 import { afterEach, beforeEach, describe, expect, test, vi } from "vitest";
 import { internal } from "./_generated/api";
 import schema from "./schema";
-import { modules } from "./test.setup";
+import { modules, newContainerJob } from "./test.setup";
 
 const RULES = { retryWindowMs: 86_400_000, disableAfterMs: 86_400_000 };
 const ALL_EVENTS = [
@@ -154,36 +154,8 @@ describe("webhooks", () => {
   test("a container job that ends sends its event", async () => {
     const t = setup();
     await endpoint(t, "mine", { events: ["container_job.completed", "container_job.failed"] });
-    const now = Date.now();
-    const job = {
-      jobId: "c1",
-      status: "pending",
-      name: "",
-      description: "",
-      dockerImage: "busybox",
-      command: "",
-      workingDirectory: "",
-      timeoutSeconds: 3600,
-      overrideEnvironment: "",
-      networkConfiguration: [],
-      executionId: "",
-      stdoutLog: "",
-      stderrLog: "",
-      dockerLog: "",
-      createdAt: now,
-      updatedAt: now,
-      executorType: "mock",
-      externalExecutionId: "",
-      executorMetadata: {},
-      routingReason: "",
-      priority: 0,
-      maxRetries: 0,
-      retryCount: 0,
-      statusMessage: "",
-      hostId: "h1",
-      createdBy: "u1",
-    };
-    await t.mutation(internal.containerJobs.create, { job } as never);
+    const job = newContainerJob("c1", { createdBy: "u1" });
+    await t.mutation(internal.containerJobs.create, { job });
     await t.mutation(internal.containerJobs.transition, { jobId: "c1", status: "cancelled" });
     expect(await deliveries(t, "mine")).toEqual([]); // cancelled: no event asked for
     await t.mutation(internal.containerJobs.create, { job: { ...job, jobId: "c2" } } as never);
