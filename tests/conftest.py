@@ -75,6 +75,16 @@ async def open_store(kind: str, path: Path, request: pytest.FixtureRequest) -> S
     return convex
 
 
+@pytest.fixture(params=STORE_KINDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh store of each kind: a test that asks for it runs on every store."""
+    opened = await open_store(request.param, tmp_path / "store.db", request)
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
 @pytest.fixture(scope="session")
 def docker_url() -> str:
     """The Docker engine scripts/docker-ci.sh starts (DOCKER_HOST, or its default socket).

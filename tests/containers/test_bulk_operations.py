@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,7 +30,6 @@ from src.services.domain.containers import ContainerJob, ContainerQuota, Executo
 from src.services.errors import InvalidInput, PermissionDenied, StoreUnavailable
 from src.services.store.base import Store
 from src.services.store.convex import ConvexStore
-from tests.conftest import STORE_KINDS, open_store
 from tests.containers.conftest import make_host, make_job
 
 #: Ways into each status from pending, through the legal transitions only.
@@ -105,15 +103,6 @@ class CountingStore:
     def reset(self) -> None:
         self.calls.clear()
         self.batch_sizes.clear()
-
-
-@pytest.fixture(params=STORE_KINDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await open_store(request.param, tmp_path / "bulk.db", request)
-    try:
-        yield opened
-    finally:
-        await opened.aclose()
 
 
 @pytest.fixture

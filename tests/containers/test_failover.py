@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,18 +23,8 @@ from src.services.worker.registry import OperationRegistry
 from src.services.worker.scheduler import Scheduler
 from src.services.worker.service import build_registry, container_worker
 from src.services.worker.sources import HOST_HEALTH, HostHealthSource
-from tests.conftest import STORE_KINDS, open_store
 
 THRESHOLD = 2
-
-
-@pytest.fixture(params=STORE_KINDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await open_store(request.param, tmp_path / "failover.db", request)
-    try:
-        yield opened
-    finally:
-        await opened.aclose()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ only on a host that isolates it (any executor but `local`, or a host whose confi
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,17 +18,7 @@ from src.services.containers.service import ContainerJobService
 from src.services.domain.containers import ExecutorHost, isolation_refusal
 from src.services.errors import Conflict
 from src.services.store.base import Store
-from tests.conftest import STORE_KINDS, open_store
 from tests.containers.conftest import make_host
-
-
-@pytest.fixture(params=STORE_KINDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await open_store(request.param, tmp_path / "rule.db", request)
-    try:
-        yield opened
-    finally:
-        await opened.aclose()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -17,18 +16,8 @@ from src.services.containers.service import ContainerJobService
 from src.services.domain.containers import ExecutorHost
 from src.services.errors import ContainerQuotaExceeded
 from src.services.store.base import Store
-from tests.conftest import STORE_KINDS, open_store
 
 CAP = 30
-
-
-@pytest.fixture(params=STORE_KINDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await open_store(request.param, tmp_path / "quotas.db", request)
-    try:
-        yield opened
-    finally:
-        await opened.aclose()
 
 
 @pytest.fixture
