@@ -17,31 +17,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
-
-ROOT = Path(__file__).resolve().parents[1]
-BULKJOBS = [sys.executable, "-m", "src.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from served import Served
 
 
 class Bodies(BaseHTTPRequestHandler):
@@ -83,44 +68,12 @@ def target() -> Iterator[str]:
         httpd.server_close()
 
 
-class Service:
-    """`bulkjobs serve` in a subprocess with its own store, and tokens for it."""
+class Service(Served):
+    """`bulkjobs serve` with its own store, tokens for it, and its peak RSS and FDs."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="bulkjobs-attack-"))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "BULKJOBS_DB_PATH": str(self.root / "db.sqlite"),
-            "BULK_EXPORT_PATH": str(self.root / "exports"),
-            "BULKJOBS_PORT": str(self.port),
-            "BULK_RATE_LIMIT_MAX_JOBS": "100000",
-            "BULKJOBS_LOG_LEVEL": "WARNING",
-            **env,
-        }
-        self.admin = self.token("root", admin=True)
-        self.alice = self.token("alice")
-        self.process = subprocess.Popen(
-            [*BULKJOBS, "serve"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.ps = psutil.Process(self.process.pid)
-        for _ in range(300):
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        super().__init__({"BULK_RATE_LIMIT_MAX_JOBS": "100000", **env}, "bulkjobs-attack-")
         self.peak = Peak(self.ps)
-
-    def token(self, user: str, admin: bool = False) -> str:
-        args = [*BULKJOBS, "token", "create", "--user", user, *(["--admin"] if admin else [])]
-        done = subprocess.run(args, cwd=ROOT, env=self.env, capture_output=True, text=True)
-        return done.stdout.strip()
 
     def headers(self, token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
@@ -132,16 +85,9 @@ class Service:
         files = (self.root / "exports").rglob("*")
         return round(sum(p.stat().st_size for p in files if p.is_file()) / 2**20, 1)
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*BULKJOBS, *args], cwd=ROOT, env=self.env, capture_output=True, text=True
-        )
-
     def stop(self) -> None:
         self.peak.stop()
-        self.process.terminate()
-        self.process.wait(30)
-        shutil.rmtree(self.root, ignore_errors=True)
+        super().stop()
 
 
 class Peak:

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,56 +23,17 @@ from pathlib import Path
 
 import httpx
 import psutil
+from served import ROOT, Served
 
-ROOT = Path(__file__).resolve().parents[1]
-BULKJOBS = [sys.executable, "-m", "src.cli"]
 SLOTS = 4
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
+class Server(Served):
     def __init__(self, jobs: int, store: dict[str, str], others: list[psutil.Process]) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="bulkjobs-cpu-"))
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.env = {
-            **os.environ,
-            "BULKJOBS_DB_PATH": str(self.root / "db.sqlite"),
-            "BULK_EXPORT_PATH": str(self.root / "exports"),
-            "BULKJOBS_PORT": str(port),
-            "BULKJOBS_LOG_LEVEL": "WARNING",
-            "BULKJOBS_USER_MAX_UNFINISHED_CONTAINER_JOBS": str(jobs + SLOTS),
-            **store,
-        }
-        self.admin = self.token("root", admin=True)
-        self.alice = self.token("alice")
-        self.process = subprocess.Popen(
-            [*BULKJOBS, "serve"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.ps = psutil.Process(self.process.pid)
+        limit = {"BULKJOBS_USER_MAX_UNFINISHED_CONTAINER_JOBS": str(jobs + SLOTS)}
+        super().__init__({**limit, **store}, "bulkjobs-cpu-")
         self.others = others
         self.client = httpx.Client(base_url=self.url, timeout=600)
-        for _ in range(300):
-            try:
-                if self.client.get("/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("the server did not start")
-
-    def token(self, user: str, admin: bool = False) -> str:
-        args = [*BULKJOBS, "token", "create", "--user", user, *(["--admin"] if admin else [])]
-        done = subprocess.run(args, cwd=ROOT, env=self.env, capture_output=True, text=True)
-        return done.stdout.strip()
 
     def post(self, path: str, token: str, body: dict[str, object]) -> httpx.Response:
         response = self.client.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
@@ -93,13 +51,7 @@ class Server:
 
     def stop(self) -> None:
         self.client.close()
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        shutil.rmtree(self.root, ignore_errors=True)
+        super().stop()
 
 
 def add_host(server: Server) -> None:
