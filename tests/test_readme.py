@@ -27,7 +27,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -40,7 +39,7 @@ from src.services.domain import new_id
 from src.services.domain.containers import ExecutorHost
 from src.services.store.local import LocalStore
 from tests.browser.server import Server, serve
-from tests.loopback_http import serve_http
+from tests.loopback_http import QuietHandler, serve_http
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -164,19 +163,13 @@ def test_every_shell_block_is_an_example_a_synopsis_or_skipped_for_a_reason() ->
         assert any(block.starts_with(start) for block in blocks), f"no block starts {start!r}"
 
 
-class ExamplePage(BaseHTTPRequestHandler):
+class ExamplePage(QuietHandler):
     """What https://example.com serves, from loopback."""
 
     def do_GET(self) -> None:
-        body = b"<html><head><title>Example Domain</title></head><body>Example</body></html>"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        return None
+        self.reply(
+            200, b"<html><head><title>Example Domain</title></head><body>Example</body></html>"
+        )
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -34,6 +34,7 @@ from convex.http_client import ConvexHttpClient
 from src.services.errors import NotFound
 from src.services.store.convex import ConvexStore
 from tests.convex_server import ConvexTestServer
+from tests.loopback_http import QuietHandler
 
 NEW_JOB = {
     "jobType": "demo",
@@ -126,7 +127,7 @@ def test_a_wrong_admin_key_is_a_bare_exception(server: ConvexTestServer) -> None
         official(server.url, "not-the-key").query("apiTokens:count")
 
 
-class _Relay(BaseHTTPRequestHandler):
+class _Relay(QuietHandler):
     """Forwards to the test server and answers a 560 as 200, body unchanged."""
 
     upstream = ""
@@ -137,15 +138,8 @@ class _Relay(BaseHTTPRequestHandler):
         forwarded = httpx.post(
             self.upstream + self.path, content=self.rfile.read(length), headers=headers, timeout=10
         )
-        body = forwarded.content
-        self.send_response(200 if forwarded.status_code == 560 else forwarded.status_code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
+        status = 200 if forwarded.status_code == 560 else forwarded.status_code
+        self.reply(status, forwarded.content, "application/json")
 
 
 @contextmanager

@@ -10,28 +10,22 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
 from src.services.fetch_policy import FetchPolicy, FetchRefused, fetch_client, parse_allowed_hosts
+from tests.loopback_http import QuietHandler
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     hosts: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         Handler.hosts.append(self.headers.get("Host", ""))
-        body = b"hello"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        return None
+        self.reply(200, b"hello", content_type=None)
 
 
 @dataclass

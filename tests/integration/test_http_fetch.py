@@ -9,7 +9,6 @@ import json
 import time
 import zipfile
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,10 +20,10 @@ from src.services.bulk_job_manager import BulkJobManager
 from src.services.domain import BulkJobStatus
 from src.services.errors import InvalidInput
 from src.services.job_types import http_fetch, job_types
-from tests.loopback_http import serve_http
+from tests.loopback_http import QuietHandler, serve_http
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     flaky_hits = 0
     #: Every path asked for, in order.
     seen: ClassVar[list[str]] = []
@@ -52,12 +51,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, "<title>Not here</title>")
 
     def _send(self, status: int, body: str, content_type: str = "text/html") -> None:
-        payload = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        self.reply(status, body.encode(), content_type)
 
     def _send_bytes(self, size: int, declared: bool) -> None:
         """`size` bytes, with a Content-Length or streamed chunked (no size up front)."""
@@ -74,9 +68,6 @@ class Handler(BaseHTTPRequestHandler):
             chunk = b"x" * min(4096, size - start)
             self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
         self.wfile.write(b"0\r\n\r\n")
-
-    def log_message(self, *args: object) -> None:
-        return None
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -17,23 +16,15 @@ from src.services.job_types import sample
 from src.services.job_types.registry import JobTypeRegistry
 from src.services.runner import stage_output_path
 from tests.integration.conftest import Api
-from tests.loopback_http import serve_http
+from tests.loopback_http import QuietHandler, serve_http
 
 SAMPLE = {"job_type": "sample", "job_data": {"items": 20, "delay_ms": 0, "fail_every": 5}}
 
 
-class Pages(BaseHTTPRequestHandler):
+class Pages(QuietHandler):
     def do_GET(self) -> None:
         status = 200 if self.path.startswith("/ok") else 404
-        body = f"<title>{self.path}</title>".encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        return None
+        self.reply(status, f"<title>{self.path}</title>".encode())
 
 
 @pytest.fixture(scope="module")
